@@ -1,0 +1,158 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+CURRENCY_USD = "USD"
+
+
+class LedgerAccount(models.Model):
+    class Kind(models.TextChoices):
+        AVAILABLE = "available", "Available"
+        HELD = "held", "Held (bid collateral)"
+        ESCROW = "escrow", "Escrow (bought, not yet delivered)"
+        EARNED = "earned", "Earned (not yet paid out)"
+        PAYOUT_PENDING = "payout_pending", "Payout pending"
+        FEES = "fees", "Platform fees"
+        STRIPE_CLEARING = "stripe_clearing", "Stripe clearing"
+        ADJUSTMENTS = "adjustments", "Adjustments"
+        ROUNDING = "rounding", "Rounding remainders"
+
+    ORG_KINDS = frozenset(
+        {Kind.AVAILABLE, Kind.HELD, Kind.ESCROW, Kind.EARNED, Kind.PAYOUT_PENDING}
+    )
+    PLATFORM_KINDS = frozenset({Kind.FEES, Kind.STRIPE_CLEARING, Kind.ADJUSTMENTS, Kind.ROUNDING})
+    # The mirror of money outside the ledger: clearing goes negative as cards pay in (what Stripe
+    # owes us), adjustments as the platform gives money. Every other account never goes below zero.
+    SIGNED_KINDS = frozenset({Kind.STRIPE_CLEARING, Kind.ADJUSTMENTS})
+
+    org = models.ForeignKey(
+        "accounts.Org",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_accounts",
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    currency = models.CharField(max_length=3, default=CURRENCY_USD)
+    balance_micro = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org", "kind", "currency"],
+                condition=Q(org__isnull=False),
+                name="ledger_account_unique_org_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "currency"],
+                condition=Q(org__isnull=True),
+                name="ledger_account_unique_platform_kind",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(
+                        org__isnull=False,
+                        kind__in=["available", "held", "escrow", "earned", "payout_pending"],
+                    )
+                    | Q(
+                        org__isnull=True,
+                        kind__in=["fees", "stripe_clearing", "adjustments", "rounding"],
+                    )
+                ),
+                name="ledger_account_kind_matches_owner",
+            ),
+            models.CheckConstraint(
+                condition=Q(balance_micro__gte=0) | Q(kind__in=["stripe_clearing", "adjustments"]),
+                name="ledger_account_balance_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.org.name if self.org_id else "platform"
+        return f"{owner}:{self.kind}"
+
+    @property
+    def may_go_negative(self) -> bool:
+        return self.kind in self.SIGNED_KINDS
+
+
+class LedgerTransaction(models.Model):
+    class Kind(models.TextChoices):
+        TOPUP = "topup", "Card top-up"
+        TOPUP_REFUND = "topup_refund", "Card refund"
+        HOLD = "hold", "Hold placed"
+        HOLD_RELEASE = "hold_release", "Hold released"
+        HOLD_CAPTURE = "hold_capture", "Hold captured"
+        ADJUSTMENT = "adjustment", "Manual adjustment"
+        TRANSFER = "transfer", "Transfer"
+
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    reference = models.CharField(max_length=120, db_index=True)
+    idempotency_key = models.CharField(max_length=160, null=True, blank=True, unique=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} {self.reference}"
+
+
+class LedgerEntry(models.Model):
+    transaction = models.ForeignKey(
+        LedgerTransaction, on_delete=models.PROTECT, related_name="entries"
+    )
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
+    amount_micro = models.BigIntegerField()
+    balance_after_micro = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount_micro=0), name="ledger_entry_not_zero"),
+        ]
+        indexes = [models.Index(fields=["account", "-id"], name="ledger_entry_account_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.amount_micro:+d}"
+
+
+class Hold(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLOSED = "closed", "Closed"
+
+    org = models.ForeignKey("accounts.Org", on_delete=models.PROTECT, related_name="holds")
+    reference = models.CharField(max_length=120, unique=True)
+    amount_micro = models.BigIntegerField()
+    captured_micro = models.BigIntegerField(default=0)
+    released_micro = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_micro__gt=0), name="hold_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(captured_micro__gte=0, released_micro__gte=0)
+                & Q(amount_micro__gte=F("captured_micro") + F("released_micro")),
+                name="hold_parts_within_amount",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="open")
+                | Q(amount_micro=F("captured_micro") + F("released_micro")),
+                name="hold_closed_only_when_spent",
+            ),
+        ]
+        indexes = [models.Index(fields=["org", "status"], name="hold_org_status")]
+
+    def __str__(self) -> str:
+        return f"hold {self.reference} ({self.remaining_micro} left)"
+
+    @property
+    def remaining_micro(self) -> int:
+        return self.amount_micro - self.captured_micro - self.released_micro

@@ -1,0 +1,134 @@
+"""`ledger_check`: every invariant of the money flow (DESIGN.md), as set-based SQL.
+
+Each check returns human-readable problems; an empty list means the ledger is sound. The
+management command prints them and exits non-zero; tests call it after every money scenario.
+"""
+
+from django.db.models import Count, F, Q, Sum
+
+from settlement.models import Hold, LedgerAccount, LedgerEntry, LedgerTransaction, TopUp
+
+Kind = LedgerAccount.Kind
+
+
+def _unbalanced_transactions() -> list[str]:
+    rows = (
+        LedgerEntry.objects.values("transaction_id")
+        .annotate(total=Sum("amount_micro"), legs=Count("id"))
+        .filter(~Q(total=0) | Q(legs__lt=2))
+        .order_by("transaction_id")[:50]
+    )
+    problems = [
+        f"transaction {row['transaction_id']} has {row['legs']} entries summing to {row['total']}"
+        for row in rows
+    ]
+    empty = LedgerTransaction.objects.filter(entries__isnull=True).values_list("id", flat=True)[:50]
+    problems += [f"transaction {txn_id} has no entries" for txn_id in empty]
+    return problems
+
+
+def _balances_match_entries() -> list[str]:
+    rows = (
+        LedgerAccount.objects.annotate(entries_total=Sum("entries__amount_micro"))
+        .exclude(balance_micro=0, entries_total__isnull=True)
+        .filter(~Q(balance_micro=F("entries_total")) | Q(entries_total__isnull=True))
+        .values("id", "org_id", "kind", "balance_micro", "entries_total")[:50]
+    )
+    return [
+        f"account {row['id']} ({row['org_id'] or 'platform'}:{row['kind']}) holds "
+        f"{row['balance_micro']} but its entries sum to {row['entries_total'] or 0}"
+        for row in rows
+    ]
+
+
+def _no_negative_balances() -> list[str]:
+    rows = (
+        LedgerAccount.objects.filter(balance_micro__lt=0)
+        .exclude(kind__in=LedgerAccount.SIGNED_KINDS)
+        .values("id", "org_id", "kind", "balance_micro")[:50]
+    )
+    return [
+        f"account {row['id']} ({row['org_id'] or 'platform'}:{row['kind']}) is negative: "
+        f"{row['balance_micro']}"
+        for row in rows
+    ]
+
+
+def _ledger_sums_to_zero() -> list[str]:
+    rows = LedgerAccount.objects.values("currency").annotate(total=Sum("balance_micro"))
+    return [
+        f"all {row['currency']} balances sum to {row['total']}, not zero"
+        for row in rows
+        if row["total"] != 0
+    ]
+
+
+def _held_matches_open_holds() -> list[str]:
+    open_by_org = dict(
+        Hold.objects.filter(status=Hold.Status.OPEN)
+        .values("org_id")
+        .annotate(remaining=Sum(F("amount_micro") - F("captured_micro") - F("released_micro")))
+        .values_list("org_id", "remaining")
+    )
+    held_by_org = dict(
+        LedgerAccount.objects.filter(kind=Kind.HELD).values_list("org_id", "balance_micro")
+    )
+    problems = []
+    for org_id in sorted(set(open_by_org) | set(held_by_org)):
+        held = held_by_org.get(org_id, 0)
+        expected = open_by_org.get(org_id, 0)
+        if held != expected:
+            problems.append(f"org {org_id} holds {held} but its open holds total {expected}")
+    return problems
+
+
+def _escrow_matches_entitlements() -> list[str]:
+    # TODO(issue 4): compare with the unused value of open entitlements once they exist; until
+    # then nothing may sit in escrow.
+    rows = LedgerAccount.objects.filter(kind=Kind.ESCROW).exclude(balance_micro=0)
+    return [f"org {a.org_id} has {a.balance_micro} in escrow with no entitlements" for a in rows]
+
+
+def _topups_credited_once() -> list[str]:
+    credited = dict(
+        LedgerEntry.objects.filter(
+            transaction__kind=LedgerTransaction.Kind.TOPUP,
+            transaction__reference__startswith="topup:",
+            account__kind=Kind.AVAILABLE,
+        )
+        .values("transaction__reference")
+        .annotate(total=Sum("amount_micro"))
+        .values_list("transaction__reference", "total")
+    )
+    problems = []
+    for topup in TopUp.objects.filter(
+        Q(status=TopUp.Status.SUCCEEDED) | Q(pk__in=_topup_ids(credited))
+    ).only("id", "status", "amount_micro"):
+        got = credited.get(topup.ledger_reference, 0)
+        want = topup.amount_micro if topup.status == TopUp.Status.SUCCEEDED else 0
+        if got != want:
+            problems.append(f"top-up {topup.id} ({topup.status}) credited {got}, expected {want}")
+    return problems
+
+
+def _topup_ids(credited: dict) -> list[int]:
+    return [int(reference.split(":", 1)[1]) for reference in credited]
+
+
+CHECKS = (
+    _unbalanced_transactions,
+    _balances_match_entries,
+    _no_negative_balances,
+    _ledger_sums_to_zero,
+    _held_matches_open_holds,
+    _escrow_matches_entitlements,
+    _topups_credited_once,
+)
+
+
+def ledger_check() -> list[str]:
+    """Run every invariant check; return the problems found (empty when sound). Read only."""
+    problems: list[str] = []
+    for check in CHECKS:
+        problems.extend(check())
+    return problems
