@@ -7,6 +7,7 @@ from settlement.views import stripe_webhook
 api_v1 = [
     path("", include("accounts.urls")),
     path("", include("settlement.urls")),
+    path("", include("marketplace.urls")),
 ]
 
 urlpatterns = [

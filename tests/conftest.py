@@ -87,3 +87,6 @@ def fund(db):
             )
 
     return credit
+
+
+from tests.localstripe import localstripe, localstripe_api_base  # noqa: E402,F401 - fixtures
