@@ -1,13 +1,76 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, reverse_lazy
 
 from portal import views
+from portal.forms import LoginForm
 
 app_name = "portal"
 
-urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+auth_urls = [
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            template_name="portal/login.html",
+            authentication_form=LoginForm,
+            redirect_authenticated_user=True,
+        ),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("signup/", views.signup, name="signup"),
+    path(
+        "password/reset/",
+        auth_views.PasswordResetView.as_view(
+            template_name="portal/password_reset_form.html",
+            email_template_name="portal/email/password_reset.txt",
+            subject_template_name="portal/email/password_reset_subject.txt",
+            success_url=reverse_lazy("portal:password-reset-done"),
+        ),
+        name="password-reset",
+    ),
+    path(
+        "password/reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(template_name="portal/password_reset_done.html"),
+        name="password-reset-done",
+    ),
+    path(
+        "password/reset/complete/",
+        auth_views.PasswordResetCompleteView.as_view(
+            template_name="portal/password_reset_complete.html"
+        ),
+        name="password-reset-complete",
+    ),
+    path(
+        "password/reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(
+            template_name="portal/password_reset_confirm.html",
+            success_url=reverse_lazy("portal:password-reset-complete"),
+        ),
+        name="password-reset-confirm",
+    ),
+    path(
+        "password/change/",
+        auth_views.PasswordChangeView.as_view(
+            template_name="portal/password_change_form.html",
+            success_url=reverse_lazy("portal:password-change-done"),
+        ),
+        name="password-change",
+    ),
+    path(
+        "password/change/done/",
+        auth_views.PasswordChangeDoneView.as_view(template_name="portal/password_change_done.html"),
+        name="password-change-done",
+    ),
+]
+
+urlpatterns = [
+    *auth_urls,
+    path("", views.dashboard, name="dashboard"),
+    path("orgs/new/", views.org_create_view, name="org-create"),
+    path("orgs/switch/", views.org_switch, name="org-switch"),
+    path("topups/new/", views.topup_new, name="topup-new"),
     path("topups/<int:topup_id>/", views.topup_detail, name="topup-detail"),
+    path("topups/<int:topup_id>/status/", views.topup_status, name="topup-status"),
+    path("api-keys/", views.api_keys, name="api-keys"),
+    path("api-keys/<int:api_key_id>/revoke/", views.api_key_revoke_view, name="api-key-revoke"),
 ]
