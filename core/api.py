@@ -76,6 +76,8 @@ def exception_handler(exc, context):
         return None  # a real bug: let Django log it and answer 500 through handler500
     code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
     headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
         headers["Retry-After"] = str(int(exc.wait) + 1)
     if isinstance(exc, exceptions.ValidationError):
