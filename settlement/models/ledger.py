@@ -87,6 +87,7 @@ class LedgerTransaction(models.Model):
         HOLD_CAPTURE = "hold_capture", "Hold captured"
         ADJUSTMENT = "adjustment", "Manual adjustment"
         TRANSFER = "transfer", "Transfer"
+        TRADE = "trade", "Trade settled into escrow"
 
     kind = models.CharField(max_length=24, choices=Kind.choices)
     reference = models.CharField(max_length=120, db_index=True)
@@ -95,7 +96,11 @@ class LedgerTransaction(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     reason = models.TextField(blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # Granted to the operators who may correct balances in the admin (ledger_adjust).
+        permissions = [("make_adjustment", "Can make balanced ledger adjustments")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.reference}"
@@ -105,7 +110,11 @@ class LedgerEntry(models.Model):
     transaction = models.ForeignKey(
         LedgerTransaction, on_delete=models.PROTECT, related_name="entries"
     )
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
+    # No index of its own: ledger_entry_account_recent (account, -id) serves every lookup by
+    # account, and each index costs every posting an insert.
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     amount_micro = models.BigIntegerField()
     balance_after_micro = models.BigIntegerField()
     created_at = models.DateTimeField(default=timezone.now)

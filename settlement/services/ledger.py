@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from accounts.models import Org, User
 from core import locks
@@ -17,6 +18,7 @@ from core.errors import InsufficientFunds, PermissionDenied, ValidationFailed
 from settlement.errors import AdjustmentNotAllowed, UnbalancedTransaction
 from settlement.models import LedgerAccount, LedgerEntry, LedgerTransaction
 from settlement.models.ledger import CURRENCY_USD
+from settlement.services import ledger_sql
 
 Kind = LedgerAccount.Kind
 
@@ -75,6 +77,16 @@ def ledger_post(
     if len(net) < 2:
         raise UnbalancedTransaction("a transaction moves money between at least two accounts")
 
+    if connection.vendor == "postgresql":
+        return _post_postgres(
+            kind=kind,
+            net=net,
+            reference=reference,
+            idempotency_key=idempotency_key,
+            actor=actor,
+            reason=reason,
+        )
+
     # Locks first: a concurrent twin with the same key waits here, then sees the first one's
     # committed row below instead of failing on the unique index.
     accounts = locks.ledger_accounts_for_update(net)
@@ -85,20 +97,10 @@ def ledger_post(
         if existing is not None:
             return existing
 
-    currencies = {account.currency for account in accounts.values()}
-    if len(currencies) != 1:
-        raise UnbalancedTransaction("a transaction stays within one currency")
-    for account_id, amount in net.items():
-        account = accounts[account_id]
-        new_balance = account.balance_micro + amount
-        if new_balance < 0 and not account.may_go_negative:
-            raise InsufficientFunds(
-                f"{account.get_kind_display()} balance is {account.balance_micro} micro-USD; "
-                f"{-amount} needed",
-                account_kind=account.kind,
-            )
-        account.balance_micro = new_balance
-
+    balances = _balances_after(
+        net,
+        {a.id: (a.kind, a.balance_micro, a.currency) for a in accounts.values()},
+    )
     ledger_transaction = LedgerTransaction.objects.create(
         kind=kind,
         reference=reference,
@@ -106,18 +108,76 @@ def ledger_post(
         actor=actor,
         reason=reason,
     )
-    changed = [accounts[account_id] for account_id in net]
-    LedgerAccount.objects.bulk_update(changed, ["balance_micro"])
+    for account_id, balance in balances.items():
+        accounts[account_id].balance_micro = balance
+    LedgerAccount.objects.bulk_update(list(accounts.values()), ["balance_micro"])
     LedgerEntry.objects.bulk_create(
         LedgerEntry(
             transaction=ledger_transaction,
             account_id=account_id,
             amount_micro=amount,
-            balance_after_micro=accounts[account_id].balance_micro,
+            balance_after_micro=balances[account_id],
             created_at=ledger_transaction.created_at,
         )
         for account_id, amount in net.items()
     )
+    return ledger_transaction
+
+
+def _balances_after(net: dict[int, int], accounts: dict[int, tuple[str, int, str]]) -> dict:
+    """New balance per account; raises before anything is written if a rule would break."""
+    if len(accounts) != len(net):
+        raise ValueError(f"unknown ledger accounts: {sorted(set(net) - set(accounts))}")
+    if len({currency for _, _, currency in accounts.values()}) != 1:
+        raise UnbalancedTransaction("a transaction stays within one currency")
+    balances = {}
+    for account_id, amount in net.items():
+        kind, balance, _ = accounts[account_id]
+        new_balance = balance + amount
+        if new_balance < 0 and kind not in LedgerAccount.SIGNED_KINDS:
+            raise InsufficientFunds(
+                f"{Kind(kind).label} balance is {balance} micro-USD; {-amount} needed",
+                account_kind=kind,
+            )
+        balances[account_id] = new_balance
+    return balances
+
+
+def _post_postgres(*, kind, net, reference, idempotency_key, actor, reason) -> LedgerTransaction:
+    """ledger_post on PostgreSQL: one locking read and one write (see ledger_sql)."""
+    accounts, existing_id = ledger_sql.lock_accounts(list(net), idempotency_key)
+    if existing_id is not None:
+        return LedgerTransaction.objects.get(pk=existing_id)
+    try:
+        balances = _balances_after(net, accounts)
+    except InsufficientFunds:
+        # A concurrent retry may have spent the money under this very key: that is success.
+        if idempotency_key is not None and (found := ledger_sql.find_by_key(idempotency_key)):
+            return LedgerTransaction.objects.get(pk=found)
+        raise
+    created_at = timezone.now()
+    transaction_id = ledger_sql.insert_transaction(
+        kind=kind,
+        reference=reference,
+        idempotency_key=idempotency_key,
+        actor_id=actor.id if actor is not None else None,
+        reason=reason,
+        created_at=created_at,
+        legs=[(a, amount, balances[a]) for a, amount in net.items()],
+    )
+    if transaction_id is None:  # a concurrent twin committed this key first
+        return LedgerTransaction.objects.get(idempotency_key=idempotency_key)
+    ledger_transaction = LedgerTransaction(
+        id=transaction_id,
+        kind=kind,
+        reference=reference,
+        idempotency_key=idempotency_key,
+        actor=actor,
+        reason=reason,
+        created_at=created_at,
+    )
+    ledger_transaction._state.adding = False
+    ledger_transaction._state.db = connection.alias
     return ledger_transaction
 
 
