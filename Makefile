@@ -29,7 +29,7 @@ run: demo
 	@echo "  Admin      http://127.0.0.1:8000/admin/"
 	@echo "  Ctrl-C stops everything."
 	@echo ""
-	$(VENV)/bin/honcho start -f Procfile
+	$(VENV)/bin/honcho start -f Procfile || test $$? -eq 130  # 130: stopped with Ctrl-C
 
 lint: venv
 	$(VENV)/bin/ruff check .

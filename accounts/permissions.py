@@ -7,6 +7,7 @@ A view that forgets to declare one is refused rather than left open.
 from rest_framework import permissions
 
 from accounts.principal import Principal
+from accounts.services import KEY_MANAGERS_ONLY, key_management_allowed
 
 
 class IsOrgMember(permissions.BasePermission):
@@ -20,5 +21,6 @@ class IsOrgMember(permissions.BasePermission):
         if required is None:
             return False
         if required == "manage_keys":
-            return principal.can_manage_keys
+            self.message = KEY_MANAGERS_ONLY
+            return key_management_allowed(principal=principal)
         return principal.has_scope(required)

@@ -9,9 +9,13 @@ from django.utils.text import slugify
 
 from accounts.errors import ApiKeyNotFound, EmailTaken, InvalidScope, NotAMember, ScopeNotAllowed
 from accounts.keys import key_digest, key_generate
-from accounts.models import ALL_SCOPES, ApiKey, Membership, Org, Role, User
+from accounts.models import ALL_SCOPES, ApiKey, Membership, Org, Role, Scope, User
 from accounts.principal import Principal
 from core.errors import PermissionDenied, ValidationFailed
+
+KEY_MANAGERS_ONLY = (
+    "Only an org's admins and owners manage API keys, and never with a read-only key."
+)
 
 
 def _unique_slug(name: str) -> str:
@@ -70,6 +74,15 @@ def membership_for_user(*, user: User, org_id: int) -> Membership:
     return membership
 
 
+def key_management_allowed(*, principal: Principal) -> bool:
+    """Whether the principal may create and revoke its org's API keys (admins and owners)."""
+    if principal.api_key is not None and not principal.scopes - {Scope.READ}:
+        # A read-only key stays read-only. If it could mint keys, whoever leaked it could make a
+        # fresh one before the revocation and so outlive it.
+        return False
+    return principal.can_manage_keys
+
+
 @transaction.atomic(durable=True)
 def api_key_create(
     *, principal: Principal, name: str, scopes: list[str], expires_at: datetime | None = None
@@ -79,8 +92,8 @@ def api_key_create(
     A key acts with its creator's role, so it may hold only scopes that role has, and a key that
     creates keys can't hand out scopes it does not hold itself.
     """
-    if not principal.can_manage_keys:
-        raise PermissionDenied("Only an org's admins and owners manage API keys.")
+    if not key_management_allowed(principal=principal):
+        raise PermissionDenied(KEY_MANAGERS_ONLY)
     wanted = set(scopes)
     unknown = wanted - ALL_SCOPES
     if unknown:
@@ -114,8 +127,8 @@ def api_key_revoke(*, principal: Principal, api_key_id: int) -> ApiKey:
     api_key = ApiKey.objects.select_for_update().filter(pk=api_key_id, org=principal.org).first()
     if api_key is None:
         raise ApiKeyNotFound()
-    if not principal.can_manage_keys:
-        raise PermissionDenied("Only an org's admins and owners manage API keys.")
+    if not key_management_allowed(principal=principal):
+        raise PermissionDenied(KEY_MANAGERS_ONLY)
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])

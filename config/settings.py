@@ -127,6 +127,9 @@ STORAGES = {
     },
 }
 
+# Behind a TLS-terminating proxy, trust its X-Forwarded-Proto header (only set this there).
+if env_bool("TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 
@@ -156,6 +159,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
+    # No call to validator.swagger.io: the docs work offline and leak nothing.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
@@ -186,7 +191,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_embedded")
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_embedded")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "whsec_embedded")
-STRIPE_API_BASE = env_str("STRIPE_API_BASE", "http://127.0.0.1:8420")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "http://127.0.0.1:8420" if DEBUG else "")
 STRIPE_TOPUP_MODE = env_choice(
     "STRIPE_TOPUP_MODE", "payment_intent", {"payment_intent", "checkout"}
 )

@@ -6,6 +6,7 @@ with the status that fits (STYLE.md section 6). Clients switch on `code`, never 
 """
 
 import logging
+import math
 import re
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -79,7 +80,8 @@ def exception_handler(exc, context):
     if getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        headers["Retry-After"] = str(int(exc.wait) + 1)
+        # DRF has already rounded the wait up to whole seconds; never tell a client to retry at 0.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten_fields(exc.detail)
         general = fields.pop("", None) or fields.pop("non_field_errors", None)
@@ -130,6 +132,16 @@ class CreatedAtCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
     ordering = "-id"
+
+    def decode_cursor(self, request):
+        # DRF answers a cursor it cannot read with 404, as if the whole list were gone; it is a
+        # bad parameter, so say which one.
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError(
+                {self.cursor_query_param: ["Use the cursor from a previous page's next link."]}
+            ) from None
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,128}$")

@@ -41,6 +41,7 @@ class BalancesApi(APIView):
 
 class LedgerListApi(APIView):
     required_scope = Scope.READ
+    pagination_class = CreatedAtCursorPagination  # read by the schema: the list comes in pages
 
     class OutputSerializer(serializers.Serializer):
         id = serializers.IntegerField()
@@ -75,7 +76,7 @@ class LedgerListApi(APIView):
         filterset = LedgerEntryFilter(request.query_params, queryset=entries)
         if not filterset.is_valid():
             raise ValidationError(filterset.errors)
-        paginator = CreatedAtCursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(filterset.qs, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -100,6 +101,8 @@ class TopUpOutputSerializer(serializers.Serializer):
 class TopUpCollectionApi(APIView):
     """GET lists the org's top-ups (scope read); POST starts one (scope trade)."""
 
+    pagination_class = CreatedAtCursorPagination  # read by the schema: the list comes in pages
+
     def get_permissions(self):
         self.required_scope = Scope.TRADE if self.request.method == "POST" else Scope.READ
         return super().get_permissions()
@@ -116,7 +119,7 @@ class TopUpCollectionApi(APIView):
         operation_id="topups_list", responses=TopUpOutputSerializer(many=True), tags=["money"]
     )
     def get(self, request):
-        paginator = CreatedAtCursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             selectors.topup_list(org_id=request.auth.org.id), request, view=self
         )

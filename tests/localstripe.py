@@ -55,7 +55,7 @@ class LocalStripe:
 @pytest.fixture(scope="session")
 def localstripe_api_base():
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - our own launcher, fixed arguments
+    process = subprocess.Popen(
         [sys.executable, "-m", "tools.localstripe_server", "--port", str(port)],
         cwd=PROJECT_DIR,
         stdout=subprocess.DEVNULL,
