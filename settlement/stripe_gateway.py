@@ -6,6 +6,7 @@ tests replace this module's functions (the edge we own); integration tests run i
 HTTP against localstripe.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -15,6 +16,11 @@ from django.conf import settings
 from settlement.errors import PaymentProviderError, WebhookSignatureInvalid
 
 logger = logging.getLogger(__name__)
+
+# The library waits 80 s per attempt by default. Every call here runs while a person or a task
+# waits for the answer, so a hung connection must fail fast (and be retried with the same
+# idempotency key) rather than hold a web worker for minutes.
+REQUEST_TIMEOUT_S = 20
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,17 @@ class CardDeclined(Exception):
         self.decline_code = decline_code
 
 
+class WebhookPayloadInvalid(Exception):
+    """The signature verified but the body is not a Stripe event we can store."""
+
+
 def _client() -> stripe.StripeClient:
     base_addresses = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else {}
     return stripe.StripeClient(
-        settings.STRIPE_SECRET_KEY, base_addresses=base_addresses, max_network_retries=2
+        settings.STRIPE_SECRET_KEY,
+        base_addresses=base_addresses,
+        max_network_retries=2,
+        http_client=stripe.RequestsClient(timeout=REQUEST_TIMEOUT_S),
     )
 
 
@@ -129,18 +142,37 @@ def checkout_session_create(
 
 
 def webhook_event_verify(*, payload: bytes, signature_header: str) -> dict:
-    """Check the Stripe-Signature header against our endpoint secret; return the event as a dict."""
+    """Check the Stripe-Signature header against our endpoint secret; return the event as a dict.
+
+    Raises WebhookSignatureInvalid when the header is missing, does not match, or is older than
+    the tolerance (a replay), and WebhookPayloadInvalid when a verified body is not an event.
+    """
     if not signature_header:
         raise WebhookSignatureInvalid("The Stripe-Signature header is missing.")
     try:
-        event = stripe.Webhook.construct_event(
-            payload,
+        # Stripe signs the body as text; bytes that are not UTF-8 were never signed by it.
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookSignatureInvalid() from None
+    try:
+        stripe.WebhookSignature.verify_header(
+            text,
             signature_header,
             settings.STRIPE_WEBHOOK_SECRET,
             tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS,
         )
     except stripe.SignatureVerificationError:
         raise WebhookSignatureInvalid() from None
+    # Parsed here rather than by stripe.Webhook.construct_event, which fails with an
+    # AttributeError (a 500) on a verified body that is JSON but not an object.
+    try:
+        event = json.loads(text)
     except ValueError:
-        raise WebhookSignatureInvalid("The body is not a Stripe event.") from None
-    return event.to_dict()
+        raise WebhookPayloadInvalid("The body is not JSON.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        raise WebhookPayloadInvalid("The body is not a Stripe event.")
+    if not isinstance(event.get("id"), str) or not event["id"]:
+        raise WebhookPayloadInvalid("The event has no id.")
+    if not isinstance(event.get("type"), str):
+        raise WebhookPayloadInvalid("The event has no type.")
+    return event

@@ -19,7 +19,9 @@ def stripe_webhook(request):
         )
     except WebhookSignatureInvalid as error:
         return JsonResponse(error_body(error.code, error.message), status=400)
-    if not isinstance(event.get("id"), str) or not event["id"]:
-        return JsonResponse(error_body("invalid_event", "The event has no id."), status=400)
+    except stripe_gateway.WebhookPayloadInvalid as error:
+        return JsonResponse(error_body("invalid_event", str(error)), status=400)
+    # Answer 200 once the event is stored, whatever processing later makes of it: Stripe
+    # retries anything else for days, and a stored event is retried by our own redrive instead.
     row, is_new = stripe_event_record(event=event)
     return JsonResponse({"received": True, "duplicate": not is_new, "status": row.status})

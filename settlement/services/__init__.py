@@ -14,6 +14,7 @@ from settlement.services.stripe_events import (
     stripe_event_mark_failed,
     stripe_event_process,
     stripe_event_record,
+    stripe_events_redrive,
 )
 from settlement.services.topups import topup_create
 
@@ -30,6 +31,7 @@ __all__ = [
     "stripe_event_mark_failed",
     "stripe_event_process",
     "stripe_event_record",
+    "stripe_events_redrive",
     "topup_create",
     "transfer",
 ]

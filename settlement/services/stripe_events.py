@@ -3,10 +3,14 @@
 The webhook view only verifies and stores (fast, so Stripe never times out and retries); the task
 applies the event under a lock on the top-up row. Every effect is guarded twice: by the top-up's
 state (a conditional transition) and by a ledger idempotency key, so duplicates, replays and
-events arriving out of order never credit or debit twice.
+events arriving out of order never credit or debit twice. An event that can't be applied yet (a
+refund before the payment it refunds) or at all (an amount that doesn't match) raises
+StripeEventNotApplied: the task marks it failed with the reason, retries with backoff, and the
+periodic redrive tries it again, so staff see it in the admin while it waits.
 """
 
 import logging
+from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -20,12 +24,20 @@ from settlement.services.ledger import Posting, ledger_post, org_account, platfo
 logger = logging.getLogger(__name__)
 Kind = LedgerAccount.Kind
 
+REDRIVE_AFTER = timedelta(minutes=1)
+REDRIVE_MAX_ATTEMPTS = 20
+UNSETTLED = (TopUp.Status.CREATED, TopUp.Status.PENDING)
+
+
+class StripeEventNotApplied(Exception):
+    """The event can't be applied (yet); it stays failed with this reason and is tried again."""
+
 
 @transaction.atomic(durable=True)
 def stripe_event_record(*, event: dict) -> tuple[StripeEvent, bool]:
     """Store a verified event once by its Stripe id; queue it for processing when it is new.
 
-    Returns (event row, is_new). A redelivery of an event that failed earlier is queued again.
+    Returns (event row, is_new). A redelivery of an event not processed yet is queued again.
     """
     from settlement.tasks import stripe_event_process_task  # tasks import services, not vice versa
 
@@ -49,24 +61,63 @@ def stripe_event_record(*, event: dict) -> tuple[StripeEvent, bool]:
     return existing, False
 
 
-def _topup_for_payment_intent(payment_intent: dict) -> TopUp | None:
-    topup_id = (payment_intent.get("metadata") or {}).get("topup_id")
-    query = TopUp.objects.filter(stripe_payment_intent_id=payment_intent["id"])
-    topup = query.first()
-    if topup is None and topup_id and str(topup_id).isdigit():
+def _locked_topup_for_payment_intent(intent_id: str, metadata: dict | None) -> TopUp | None:
+    """The top-up a PaymentIntent pays, locked; None when the payment is not one of ours."""
+    found = TopUp.objects.filter(stripe_payment_intent_id=intent_id).first()
+    topup_id = str((metadata or {}).get("topup_id", ""))
+    if found is None and topup_id.isdigit():
         # The webhook can beat our own record of the PaymentIntent id (step 3 of topup_create).
-        topup = TopUp.objects.filter(pk=int(topup_id)).first()
+        found = TopUp.objects.filter(pk=int(topup_id)).first()
+    if found is None:
+        return None
+    topup = locks.row_for_update("settlement.TopUp", found.id)
+    if topup.stripe_payment_intent_id not in (None, intent_id):
+        # Two PaymentIntents for one top-up (a retry after Stripe forgot our idempotency key):
+        # crediting both would pay the buyer twice. Staff refund the second one.
+        raise StripeEventNotApplied(
+            f"PaymentIntent {intent_id} names top-up {topup.id}, "
+            f"which is paid by {topup.stripe_payment_intent_id}"
+        )
+    topup.stripe_payment_intent_id = intent_id
     return topup
+
+
+def _locked_topup_for_checkout_session(session: dict) -> TopUp | None:
+    """The top-up a Checkout Session pays, locked, with the session's ids recorded on it."""
+    found = TopUp.objects.filter(stripe_checkout_session_id=session["id"]).first()
+    reference = str(session.get("client_reference_id") or "")
+    if found is None and reference.isdigit():
+        # As above: the webhook can beat topup_create's own record of the session id.
+        found = TopUp.objects.filter(pk=int(reference), method=TopUp.Method.CHECKOUT).first()
+    if found is None:
+        return None
+    topup = locks.row_for_update("settlement.TopUp", found.id)
+    if topup.stripe_checkout_session_id not in (None, session["id"]):
+        raise StripeEventNotApplied(
+            f"Checkout Session {session['id']} names top-up {topup.id}, "
+            f"which is paid by {topup.stripe_checkout_session_id}"
+        )
+    topup.stripe_checkout_session_id = session["id"]
+    if session.get("payment_intent") and not topup.stripe_payment_intent_id:
+        # Kept so the payment's own events and a later refund find this top-up.
+        topup.stripe_payment_intent_id = session["payment_intent"]
+    return topup
+
+
+def _save(topup: TopUp, *fields: str) -> None:
+    ids = ["stripe_payment_intent_id", "stripe_checkout_session_id"]  # recorded by the lookups
+    topup.save(update_fields=[*fields, *ids, "updated_at"])
 
 
 def _credit(topup: TopUp, *, paid_micro: int, currency: str) -> str:
     """Mark a locked top-up succeeded and credit the org's available balance, once."""
     if topup.status == TopUp.Status.SUCCEEDED:
+        _save(topup)
         return "already credited"
     if paid_micro != topup.amount_micro or currency.upper() != topup.currency:
-        raise ValueError(
-            f"top-up {topup.id} expects {topup.amount_micro} {topup.currency}, "
-            f"Stripe reports {paid_micro} {currency}"
+        raise StripeEventNotApplied(
+            f"top-up {topup.id} expects {topup.amount_micro} micro-{topup.currency}, "
+            f"Stripe reports {paid_micro} micro-{currency.upper()}"
         )
     clearing = platform_account(kind=Kind.STRIPE_CLEARING)
     available = org_account(org_id=topup.org_id, kind=Kind.AVAILABLE)
@@ -79,60 +130,77 @@ def _credit(topup: TopUp, *, paid_micro: int, currency: str) -> str:
         reference=topup.ledger_reference,
         idempotency_key=f"{topup.ledger_reference}:credit",
     )
+    # A failure recorded earlier (a first card declined, then another one paid) is history now.
     topup.status = TopUp.Status.SUCCEEDED
     topup.succeeded_at = timezone.now()
     topup.failure_message = ""
-    topup.save(update_fields=["status", "succeeded_at", "failure_message", "updated_at"])
+    _save(topup, "status", "succeeded_at", "failure_message")
     return "credited"
+
+
+def _settle_unpaid(topup: TopUp, *, status: str, message: str) -> str:
+    """Mark a locked, unsettled top-up failed or canceled; a settled one keeps its outcome."""
+    if topup.status not in UNSETTLED:
+        # A failure that arrives after the success (out of order, or an earlier attempt of the
+        # same intent) changes nothing: money already credited stays credited.
+        _save(topup)
+        return f"top-up already {topup.status}"
+    topup.status = status
+    topup.failure_message = message[:500]
+    _save(topup, "status", "failure_message")
+    return status
 
 
 def _on_payment_intent_succeeded(event: dict) -> str:
     intent = event["data"]["object"]
-    found = _topup_for_payment_intent(intent)
-    if found is None:
+    topup = _locked_topup_for_payment_intent(intent["id"], intent.get("metadata"))
+    if topup is None:
         return "no top-up for this PaymentIntent"
-    topup = locks.row_for_update("settlement.TopUp", found.id)
-    if not topup.stripe_payment_intent_id:
-        topup.stripe_payment_intent_id = intent["id"]
+    # localstripe's PaymentIntents have no amount_received; Stripe's always do.
     paid_cents = intent.get("amount_received") or intent["amount"]
     return _credit(topup, paid_micro=cents_to_micro(paid_cents), currency=intent["currency"])
 
 
 def _on_payment_intent_failed(event: dict) -> str:
     intent = event["data"]["object"]
-    found = _topup_for_payment_intent(intent)
-    if found is None:
+    topup = _locked_topup_for_payment_intent(intent["id"], intent.get("metadata"))
+    if topup is None:
         return "no top-up for this PaymentIntent"
-    topup = locks.row_for_update("settlement.TopUp", found.id)
-    # A failure that arrives after the success (out of order, or an earlier attempt of the
-    # same intent) changes nothing: money already credited stays credited.
-    if topup.status not in {TopUp.Status.CREATED, TopUp.Status.PENDING}:
-        return f"top-up already {topup.status}"
+    if event["type"] == "payment_intent.canceled":
+        return _settle_unpaid(
+            topup, status=TopUp.Status.CANCELED, message="The payment was canceled."
+        )
     error = intent.get("last_payment_error") or {}
-    topup.status = (
-        TopUp.Status.CANCELED if event["type"] == "payment_intent.canceled" else TopUp.Status.FAILED
-    )
-    topup.failure_message = (error.get("message") or "The payment did not go through.")[:500]
-    topup.save(update_fields=["status", "failure_message", "updated_at"])
-    return topup.status
+    message = error.get("message") or "The payment did not go through."
+    return _settle_unpaid(topup, status=TopUp.Status.FAILED, message=message)
 
 
-def _on_checkout_session_completed(event: dict) -> str:
+def _on_checkout_session_paid(event: dict) -> str:
+    """checkout.session.completed and async_payment_succeeded: credit once it is paid."""
     session = event["data"]["object"]
-    if session.get("payment_status") != "paid":
-        return "checkout completed but not paid yet; waiting for async_payment_succeeded"
-    found = TopUp.objects.filter(stripe_checkout_session_id=session["id"]).first()
-    reference = session.get("client_reference_id")
-    if found is None and reference and str(reference).isdigit():
-        found = TopUp.objects.filter(pk=int(reference), method=TopUp.Method.CHECKOUT).first()
-    if found is None:
+    topup = _locked_topup_for_checkout_session(session)
+    if topup is None:
         return "no top-up for this Checkout Session"
-    topup = locks.row_for_update("settlement.TopUp", found.id)
-    if session.get("payment_intent") and not topup.stripe_payment_intent_id:
-        topup.stripe_payment_intent_id = session["payment_intent"]
-        topup.save(update_fields=["stripe_payment_intent_id", "updated_at"])
+    if session.get("payment_status") != "paid":
+        _save(topup)
+        return "checkout completed but not paid yet; waiting for async_payment_succeeded"
     return _credit(
         topup, paid_micro=cents_to_micro(session["amount_total"]), currency=session["currency"]
+    )
+
+
+def _on_checkout_session_unpaid(event: dict) -> str:
+    """checkout.session.async_payment_failed and expired: the buyer did not pay."""
+    session = event["data"]["object"]
+    topup = _locked_topup_for_checkout_session(session)
+    if topup is None:
+        return "no top-up for this Checkout Session"
+    if event["type"] == "checkout.session.expired":
+        return _settle_unpaid(
+            topup, status=TopUp.Status.CANCELED, message="The checkout page expired unpaid."
+        )
+    return _settle_unpaid(
+        topup, status=TopUp.Status.FAILED, message="The payment did not go through."
     )
 
 
@@ -144,15 +212,21 @@ def _on_charge_refunded(event: dict) -> str:
     """
     charge = event["data"]["object"]
     intent_id = charge.get("payment_intent")
-    found = TopUp.objects.filter(stripe_payment_intent_id=intent_id).first() if intent_id else None
-    if found is None:
+    if not intent_id:
+        return "the charge has no PaymentIntent"
+    topup = _locked_topup_for_payment_intent(intent_id, charge.get("metadata"))
+    if topup is None:
         return "no top-up for this charge"
-    topup = locks.row_for_update("settlement.TopUp", found.id)
     if topup.status != TopUp.Status.SUCCEEDED:
-        return f"top-up is {topup.status}; nothing was credited to take back"
+        # Only a paid charge is refunded, so its success event is on its way (events arrive in
+        # any order). Dropping the refund now would let the later credit stand in full.
+        raise StripeEventNotApplied(
+            f"top-up {topup.id} is {topup.status}; the refund waits for the payment's success"
+        )
     refunded_micro = min(cents_to_micro(int(charge.get("amount_refunded", 0))), topup.amount_micro)
     delta_micro = refunded_micro - topup.refunded_micro
     if delta_micro <= 0:
+        _save(topup)
         return "refund already booked"
     clearing = platform_account(kind=Kind.STRIPE_CLEARING)
     available = org_account(org_id=topup.org_id, kind=Kind.AVAILABLE)
@@ -174,7 +248,7 @@ def _on_charge_refunded(event: dict) -> str:
         + (f"; {shortfall_micro} micro-USD already spent" if shortfall_micro else ""),
     )
     topup.refunded_micro = refunded_micro
-    topup.save(update_fields=["refunded_micro", "updated_at"])
+    _save(topup, "refunded_micro")
     return f"refund of {delta_micro} booked"
 
 
@@ -182,14 +256,16 @@ HANDLERS = {
     "payment_intent.succeeded": _on_payment_intent_succeeded,
     "payment_intent.payment_failed": _on_payment_intent_failed,
     "payment_intent.canceled": _on_payment_intent_failed,
-    "checkout.session.completed": _on_checkout_session_completed,
-    "checkout.session.async_payment_succeeded": _on_checkout_session_completed,
+    "checkout.session.completed": _on_checkout_session_paid,
+    "checkout.session.async_payment_succeeded": _on_checkout_session_paid,
+    "checkout.session.async_payment_failed": _on_checkout_session_unpaid,
+    "checkout.session.expired": _on_checkout_session_unpaid,
     "charge.refunded": _on_charge_refunded,
 }
 
 
 @transaction.atomic(durable=True)
-def stripe_event_process(*, stripe_event_id: int) -> StripeEvent:
+def stripe_event_process(*, stripe_event_id: int) -> StripeEvent | None:
     """Apply a stored event once. Entry point for the task; locks the event row, then the top-up."""
     event = locks.row_for_update("settlement.StripeEvent", stripe_event_id)
     if event is None or event.status in {StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED}:
@@ -198,12 +274,11 @@ def stripe_event_process(*, stripe_event_id: int) -> StripeEvent:
     event.attempts += 1
     if handler is None:
         event.status = StripeEvent.Status.IGNORED
-        event.last_error = ""
     else:
         outcome = handler(event.payload)
         logger.info("stripe event %s (%s): %s", event.stripe_id, event.type, outcome)
         event.status = StripeEvent.Status.PROCESSED
-        event.last_error = ""
+    event.last_error = ""
     event.processed_at = timezone.now()
     event.save(update_fields=["status", "attempts", "last_error", "processed_at"])
     return event
@@ -212,6 +287,29 @@ def stripe_event_process(*, stripe_event_id: int) -> StripeEvent:
 @transaction.atomic(durable=True)
 def stripe_event_mark_failed(*, stripe_event_id: int, error: str) -> None:
     """Record why processing failed, in its own transaction, so staff can see it in the admin."""
-    StripeEvent.objects.filter(pk=stripe_event_id).exclude(
-        status=StripeEvent.Status.PROCESSED
+    StripeEvent.objects.filter(
+        pk=stripe_event_id, status__in=[StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED]
     ).update(status=StripeEvent.Status.FAILED, attempts=F("attempts") + 1, last_error=error[:2000])
+
+
+def stripe_events_redrive(*, limit: int = 500) -> list[int]:
+    """Queue again the events still unprocessed a minute after they arrived; returns their ids.
+
+    Catches what a lost message or a crashed worker left behind, and retries failed events until
+    they have had REDRIVE_MAX_ATTEMPTS tries; after that they wait for staff ("process again").
+    Safe to run twice: processing locks the event row and skips what is already done.
+    """
+    from settlement.tasks import stripe_event_process_task  # tasks import services, not vice versa
+
+    ids = list(
+        StripeEvent.objects.filter(
+            status__in=[StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED],
+            received_at__lt=timezone.now() - REDRIVE_AFTER,
+            attempts__lt=REDRIVE_MAX_ATTEMPTS,
+        )
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
+    )
+    for stripe_event_id in ids:
+        stripe_event_process_task.delay(stripe_event_id)
+    return ids

@@ -1,11 +1,15 @@
 """Card top-ups: create the payment with Stripe; credit only when a verified webhook says paid.
 
-No network call runs inside a database transaction. Creating a top-up is three short steps:
+No network call runs inside a database transaction. Creating a top-up is short steps, each
+committed before the next network call:
 1. commit the intent as a `created` row, unique per (org, Idempotency-Key);
 2. call Stripe with an idempotency key built from the row id, outside any transaction;
-3. record what Stripe answered in a new transaction (a conditional UPDATE from `created`).
-A crash between the steps leaves a `created` row; the client's retry with the same key resumes at
-step 2, and Stripe's own idempotency returns the payment it already made.
+3. record what Stripe answered in a new transaction.
+With a test payment method (server-side confirmation) step 3 records the PaymentIntent id but
+keeps the row `created`, step 4 confirms, and step 5 moves it to `pending` (or `failed` on a
+decline). A crash or an outage between steps leaves a `created` row; the client's retry with the
+same key resumes at the first step not recorded, and Stripe's own idempotency returns what it
+already did. A webhook may settle the top-up at any point in between; later steps never undo it.
 """
 
 import hashlib
@@ -13,6 +17,7 @@ import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -22,6 +27,8 @@ from core.units import UnitError, micro_to_cents_exact, money_display
 from settlement import stripe_gateway
 from settlement.errors import PaymentMethodNotAllowed, TopUpAmountOutOfRange
 from settlement.models import TopUp
+
+UNSETTLED = (TopUp.Status.CREATED, TopUp.Status.PENDING)
 
 
 def _fingerprint(*, amount_micro: int, method: str, payment_method: str | None) -> str:
@@ -66,18 +73,94 @@ def _topup_intent_record(
 
 
 @transaction.atomic(durable=True)
-def _topup_record_stripe_ids(*, topup_id: int, **fields) -> None:
+def _topup_record_payment_intent(
+    *, topup_id: int, intent_id: str, client_secret: str, is_awaiting_payment: bool
+) -> None:
+    # The id is a fact whatever the state: the webhook may already have settled the top-up (and
+    # recorded the same id), and a refund is later matched by it. Never overwrite another id.
+    TopUp.objects.filter(
+        Q(stripe_payment_intent_id__isnull=True) | Q(stripe_payment_intent_id=intent_id),
+        pk=topup_id,
+    ).update(
+        stripe_payment_intent_id=intent_id, client_secret=client_secret, updated_at=timezone.now()
+    )
+    if is_awaiting_payment:
+        _topup_mark_pending(topup_id)
+
+
+@transaction.atomic(durable=True)
+def _topup_record_checkout_session(*, topup_id: int, session_id: str, url: str) -> None:
+    TopUp.objects.filter(
+        Q(stripe_checkout_session_id__isnull=True) | Q(stripe_checkout_session_id=session_id),
+        pk=topup_id,
+    ).update(stripe_checkout_session_id=session_id, checkout_url=url, updated_at=timezone.now())
+    _topup_mark_pending(topup_id)
+
+
+def _topup_mark_pending(topup_id: int) -> None:
+    # Conditional: a webhook that already settled the top-up wins over our own bookkeeping.
     TopUp.objects.filter(pk=topup_id, status=TopUp.Status.CREATED).update(
-        status=TopUp.Status.PENDING, updated_at=timezone.now(), **fields
+        status=TopUp.Status.PENDING, updated_at=timezone.now()
     )
 
 
 @transaction.atomic(durable=True)
+def _topup_record_confirmed(*, topup_id: int) -> None:
+    _topup_mark_pending(topup_id)
+
+
+@transaction.atomic(durable=True)
 def _topup_record_decline(*, topup_id: int, message: str) -> None:
-    # Only a pending top-up fails: if the success webhook already won, it stays succeeded.
-    TopUp.objects.filter(pk=topup_id, status=TopUp.Status.PENDING).update(
+    # Only an unsettled top-up fails: if the success webhook already won, it stays succeeded.
+    TopUp.objects.filter(pk=topup_id, status__in=UNSETTLED).update(
         status=TopUp.Status.FAILED, failure_message=message[:500], updated_at=timezone.now()
     )
+
+
+def _start_checkout(topup: TopUp, *, cents: int) -> None:
+    metadata = {"topup_id": str(topup.id), "org_id": str(topup.org_id)}
+    return_url = settings.SITE_URL + reverse("portal:topup-detail", args=[topup.id])
+    session = stripe_gateway.checkout_session_create(
+        amount_cents=cents,
+        currency=topup.currency,
+        idempotency_key=f"topup-{topup.id}-checkout",
+        client_reference_id=str(topup.id),
+        metadata=metadata,
+        success_url=return_url,
+        cancel_url=return_url,
+    )
+    _topup_record_checkout_session(topup_id=topup.id, session_id=session.id, url=session.url)
+
+
+def _start_payment_intent(topup: TopUp, *, cents: int, payment_method: str | None) -> None:
+    intent_id = topup.stripe_payment_intent_id
+    if intent_id is None:
+        intent = stripe_gateway.payment_intent_create(
+            amount_cents=cents,
+            currency=topup.currency,
+            idempotency_key=f"topup-{topup.id}-intent",
+            metadata={"topup_id": str(topup.id), "org_id": str(topup.org_id)},
+            payment_method=payment_method,
+        )
+        intent_id = intent.id
+        _topup_record_payment_intent(
+            topup_id=topup.id,
+            intent_id=intent.id,
+            client_secret=intent.client_secret,
+            is_awaiting_payment=not payment_method,
+        )
+    if not payment_method:
+        return  # the client confirms with the client secret; the webhook reports the outcome
+    # Still `created` with an intent id means the confirmation may not have happened (an outage
+    # or a crash after step 3): confirm, under the same key, so Stripe replays one it already did.
+    try:
+        stripe_gateway.payment_intent_confirm(
+            payment_intent_id=intent_id, idempotency_key=f"topup-{topup.id}-confirm"
+        )
+    except stripe_gateway.CardDeclined as declined:
+        _topup_record_decline(topup_id=topup.id, message=declined.message)
+        return
+    _topup_record_confirmed(topup_id=topup.id)
 
 
 def topup_create(
@@ -92,6 +175,9 @@ def topup_create(
     In `payment_intent` mode it returns the PaymentIntent's client secret for the client to
     confirm; with `payment_method` (test mode only) the server confirms it at once. In `checkout`
     mode it returns the hosted Checkout URL. Either way the balance is credited only by the webhook.
+    A retry with the same Idempotency-Key returns the first top-up, resuming it if an outage
+    stopped it before Stripe answered. Raises PaymentProviderError (502) when Stripe does not
+    answer; the row then stays `created` for that retry.
     """
     cents = _validate_amount(amount_micro)
     method = settings.STRIPE_TOPUP_MODE
@@ -109,41 +195,9 @@ def topup_create(
             amount_micro=amount_micro, method=method, payment_method=payment_method
         ),
     )
-    if topup.status != TopUp.Status.CREATED:
-        return topup  # a retry: the first answer stands
-
-    metadata = {"topup_id": str(topup.id), "org_id": str(topup.org_id)}
-    if method == TopUp.Method.CHECKOUT:
-        return_url = settings.SITE_URL + reverse("portal:topup-detail", args=[topup.id])
-        session = stripe_gateway.checkout_session_create(
-            amount_cents=cents,
-            currency=topup.currency,
-            idempotency_key=f"topup-{topup.id}-checkout",
-            client_reference_id=str(topup.id),
-            metadata=metadata,
-            success_url=return_url,
-            cancel_url=return_url,
-        )
-        _topup_record_stripe_ids(
-            topup_id=topup.id, stripe_checkout_session_id=session.id, checkout_url=session.url
-        )
-        return TopUp.objects.get(pk=topup.id)
-
-    intent = stripe_gateway.payment_intent_create(
-        amount_cents=cents,
-        currency=topup.currency,
-        idempotency_key=f"topup-{topup.id}-intent",
-        metadata=metadata,
-        payment_method=payment_method,
-    )
-    _topup_record_stripe_ids(
-        topup_id=topup.id, stripe_payment_intent_id=intent.id, client_secret=intent.client_secret
-    )
-    if payment_method:
-        try:
-            stripe_gateway.payment_intent_confirm(
-                payment_intent_id=intent.id, idempotency_key=f"topup-{topup.id}-confirm"
-            )
-        except stripe_gateway.CardDeclined as declined:
-            _topup_record_decline(topup_id=topup.id, message=declined.message)
+    if topup.status == TopUp.Status.CREATED:  # new, or a retry of one Stripe never answered
+        if topup.method == TopUp.Method.CHECKOUT:
+            _start_checkout(topup, cents=cents)
+        else:
+            _start_payment_intent(topup, cents=cents, payment_method=payment_method)
     return TopUp.objects.get(pk=topup.id)

@@ -1,0 +1,446 @@
+"""The operators' console for settlement: the ledger, holds, top-ups and Stripe events.
+
+Everything here is history, so it is read-only for everyone, superusers included: money moves only
+through services. The one way staff move money is the adjustment page on an org
+(`ledger_adjust`), open to holders of `settlement.make_adjustment`; the staff member and the
+reason are kept on the ledger transaction and in the admin log.
+"""
+
+import json
+import logging
+import uuid
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from accounts.admin import OrgAdmin
+from accounts.models import Org
+from core.errors import ApplicationError, InsufficientFunds
+from core.units import UnitError, money_display, money_parse
+from settlement.models import (
+    Hold,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    StripeEvent,
+    TopUp,
+)
+from settlement.services import ledger_adjust
+from settlement.services.ledger import ADJUSTABLE_KINDS
+from settlement.tasks import stripe_event_process_task
+
+logger = logging.getLogger(__name__)
+Kind = LedgerAccount.Kind
+MAKE_ADJUSTMENT = "settlement.make_adjustment"
+
+
+def _money(micro: int) -> str:
+    return money_display(micro)
+
+
+def _changelist(model, **filters) -> str:
+    url = reverse(f"admin:settlement_{model._meta.model_name}_changelist")
+    return url + "?" + "&".join(f"{key}={value}" for key, value in filters.items())
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """No add, change or delete for anyone: ledger rows are append-only, payments are Stripe's."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LedgerAccount)
+class LedgerAccountAdmin(ReadOnlyAdmin):
+    list_display = ("id", "owner", "kind", "currency", "balance", "created_at")
+    list_filter = ("kind", "currency")
+    search_fields = ("org__name", "org__slug")
+    list_select_related = ("org",)
+    ordering = ("org__name", "kind")
+    fields = ("org", "kind", "currency", "balance", "created_at", "entries")
+    readonly_fields = fields
+
+    @admin.display(description="owner", ordering="org__name")
+    def owner(self, obj: LedgerAccount) -> str:
+        return obj.org.name if obj.org_id else "platform"
+
+    @admin.display(description="balance", ordering="balance_micro")
+    def balance(self, obj: LedgerAccount) -> str:
+        return _money(obj.balance_micro)
+
+    @admin.display(description="entries")
+    def entries(self, obj: LedgerAccount) -> str:
+        return format_html(
+            '<a href="{}">{} entries</a>',
+            _changelist(LedgerEntry, account__exact=obj.pk),
+            obj.entries.count(),
+        )
+
+
+class LedgerEntryInline(ReadOnlyInline):
+    model = LedgerEntry
+    fields = ("account", "amount", "balance_after")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("account", "account__org")
+
+    @admin.display(description="amount")
+    def amount(self, obj: LedgerEntry) -> str:
+        return _money(obj.amount_micro)
+
+    @admin.display(description="balance after")
+    def balance_after(self, obj: LedgerEntry) -> str:
+        return _money(obj.balance_after_micro)
+
+
+@admin.register(LedgerTransaction)
+class LedgerTransactionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "reference", "actor", "short_reason", "created_at")
+    list_filter = ("kind",)
+    search_fields = ("reference", "idempotency_key", "reason", "actor__email")
+    list_select_related = ("actor",)
+    date_hierarchy = "created_at"
+    fields = ("kind", "reference", "idempotency_key", "actor", "reason", "created_at")
+    readonly_fields = fields
+    inlines = (LedgerEntryInline,)
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: LedgerTransaction) -> str:
+        return obj.reason if len(obj.reason) <= 60 else obj.reason[:59] + "…"
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "ledger_transaction", "account", "amount", "balance_after", "created_at")
+    list_filter = ("account__kind", "transaction__kind")
+    search_fields = ("transaction__reference", "account__org__name")
+    list_select_related = ("transaction", "account", "account__org")
+    fields = ("ledger_transaction", "account", "amount", "balance_after", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="transaction", ordering="transaction_id")
+    def ledger_transaction(self, obj: LedgerEntry) -> str:
+        url = reverse("admin:settlement_ledgertransaction_change", args=[obj.transaction_id])
+        return format_html('<a href="{}">{}</a>', url, obj.transaction)
+
+    @admin.display(description="amount", ordering="amount_micro")
+    def amount(self, obj: LedgerEntry) -> str:
+        return _money(obj.amount_micro)
+
+    @admin.display(description="balance after")
+    def balance_after(self, obj: LedgerEntry) -> str:
+        return _money(obj.balance_after_micro)
+
+
+@admin.register(Hold)
+class HoldAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "org", "amount", "captured", "released", "remaining", "status")
+    list_filter = ("status",)
+    search_fields = ("reference", "org__name")
+    list_select_related = ("org",)
+    fields = (
+        "reference",
+        "org",
+        "status",
+        "amount",
+        "captured",
+        "released",
+        "remaining",
+        "created_at",
+        "closed_at",
+        "ledger",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="amount", ordering="amount_micro")
+    def amount(self, obj: Hold) -> str:
+        return _money(obj.amount_micro)
+
+    @admin.display(description="captured")
+    def captured(self, obj: Hold) -> str:
+        return _money(obj.captured_micro)
+
+    @admin.display(description="released")
+    def released(self, obj: Hold) -> str:
+        return _money(obj.released_micro)
+
+    @admin.display(description="remaining")
+    def remaining(self, obj: Hold) -> str:
+        return _money(obj.remaining_micro)
+
+    @admin.display(description="ledger")
+    def ledger(self, obj: Hold) -> str:
+        url = _changelist(LedgerTransaction, reference__exact=obj.reference)
+        return format_html('<a href="{}">Transactions of this hold</a>', url)
+
+
+@admin.register(TopUp)
+class TopUpAdmin(ReadOnlyAdmin):
+    list_display = ("id", "org", "amount", "status", "method", "refunded", "created_at")
+    list_filter = ("status", "method")
+    search_fields = (
+        "org__name",
+        "stripe_payment_intent_id",
+        "stripe_checkout_session_id",
+        "idempotency_key",
+    )
+    list_select_related = ("org",)
+    # The client secret lets its holder confirm the payment; staff never need it.
+    fields = (
+        "org",
+        "created_by",
+        "amount",
+        "currency",
+        "method",
+        "status",
+        "failure_message",
+        "refunded",
+        "idempotency_key",
+        "stripe_payment_intent_id",
+        "stripe_checkout_session_id",
+        "checkout_url",
+        "created_at",
+        "updated_at",
+        "succeeded_at",
+        "ledger",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="amount", ordering="amount_micro")
+    def amount(self, obj: TopUp) -> str:
+        return _money(obj.amount_micro)
+
+    @admin.display(description="refunded", ordering="refunded_micro")
+    def refunded(self, obj: TopUp) -> str:
+        return _money(obj.refunded_micro)
+
+    @admin.display(description="ledger")
+    def ledger(self, obj: TopUp) -> str:
+        url = _changelist(LedgerTransaction, reference__exact=obj.ledger_reference)
+        return format_html('<a href="{}">Transactions of this top-up</a>', url)
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ("stripe_id", "type", "status", "attempts", "received_at", "processed_at")
+    list_filter = ("status", "type", "livemode")
+    search_fields = ("stripe_id",)
+    date_hierarchy = "received_at"
+    fields = (
+        "stripe_id",
+        "type",
+        "status",
+        "attempts",
+        "last_error",
+        "livemode",
+        "stripe_created",
+        "received_at",
+        "processed_at",
+        "pretty_payload",
+    )
+    readonly_fields = fields
+    actions = ("process_again",)
+
+    @admin.display(description="payload")
+    def pretty_payload(self, obj: StripeEvent) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, sort_keys=True))
+
+    def has_process_permission(self, request) -> bool:
+        # Processing is idempotent, so this is safe to offer; it still needs a deliberate grant
+        # (the model's change permission, which the admin otherwise never uses).
+        return request.user.has_perm("settlement.change_stripeevent")
+
+    @admin.action(description="Process the selected events again", permissions=["process"])
+    def process_again(self, request, queryset) -> None:
+        waiting = [StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED]
+        skipped = queryset.exclude(status__in=waiting).count()  # before the tasks change them
+        queued = 0
+        for event in queryset.filter(status__in=waiting).order_by("id"):
+            try:
+                stripe_event_process_task.delay(event.id)
+            except Exception as error:
+                # Under a real broker `delay` only queues; a failure here is the broker's.
+                logger.exception("could not queue stripe event %s", event.id)
+                self.message_user(
+                    request, f"Event {event.stripe_id} was not queued: {error}", messages.ERROR
+                )
+                continue
+            self.log_change(request, event, "Queued for processing again.")
+            queued += 1
+        note = f"; {skipped} already processed or ignored" if skipped else ""
+        self.message_user(request, f"Queued {queued} event(s){note}.", messages.SUCCESS)
+
+
+class AdjustmentForm(forms.Form):
+    """The shape of a ledger adjustment; ledger_adjust decides whether it is allowed."""
+
+    account_kind = forms.ChoiceField(
+        label="Account",
+        choices=[(kind, Kind(kind).label) for kind in sorted(ADJUSTABLE_KINDS)],
+        help_text="Held and escrow always equal the orders and entitlements behind them.",
+    )
+    amount = forms.CharField(
+        label="Amount (USD)",
+        max_length=32,
+        help_text="Signed: 25.00 credits the account, -25.00 debits it.",
+    )
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Kept with the ledger transaction and shown to auditors.",
+    )
+    # Drawn with the form, so a double click or a resubmitted page adjusts once.
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def clean_amount(self) -> int:
+        try:
+            return money_parse(self.cleaned_data["amount"], places=6)
+        except UnitError as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+def can_make_adjustment(user) -> bool:
+    return user.is_active and user.is_staff and user.has_perm(MAKE_ADJUSTMENT)
+
+
+def _show_service_error(form: AdjustmentForm, error: ApplicationError) -> None:
+    placed = False
+    for field, problems in error.fields.items():
+        if field in form.fields:
+            for problem in problems:
+                form.add_error(field, problem)
+            placed = True
+    if not placed:
+        form.add_error(None, error.message)
+
+
+# accounts.admin can't import settlement (imports point settlement → accounts), so the org page
+# gets its balances and the adjustment page here, by replacing the registered OrgAdmin.
+admin.site.unregister(Org)
+
+
+@admin.register(Org)
+class OrgWithLedgerAdmin(OrgAdmin):
+    change_form_template = "admin/settlement/org_change_form.html"
+    fields = (*OrgAdmin.fields, "balances")
+    readonly_fields = (*OrgAdmin.readonly_fields, "balances")
+
+    @admin.display(description="balances")
+    def balances(self, obj: Org) -> str:
+        if obj is None or obj.pk is None:
+            return "-"
+        accounts = LedgerAccount.objects.filter(org=obj).order_by("kind")
+        if not accounts:
+            return "No ledger accounts yet."
+        return format_html(
+            "<table>{}</table>",
+            format_html_join(
+                "",
+                '<tr><td>{}</td><td data-kind="{}">{}</td></tr>',
+                ((Kind(a.kind).label, a.kind, _money(a.balance_micro)) for a in accounts),
+            ),
+        )
+
+    def get_urls(self):
+        adjust = path(
+            "<int:org_id>/adjust/",
+            self.admin_site.admin_view(self.adjustment_view),
+            name="accounts_org_adjust",
+        )
+        return [adjust, *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_make_adjustment": can_make_adjustment(request.user),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def adjustment_view(self, request, org_id: int):
+        if not can_make_adjustment(request.user):
+            raise PermissionDenied
+        org = get_object_or_404(Org, pk=org_id)
+        if request.method == "POST":
+            form = AdjustmentForm(request.POST)
+            if form.is_valid() and (response := self._adjust(request, org, form)):
+                return response
+        else:
+            form = AdjustmentForm(initial={"idempotency_key": uuid.uuid4().hex})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Make an adjustment: {org.name}",
+            "opts": self.opts,
+            "org": org,
+            "form": form,
+            "balances": self.balances(org),
+        }
+        return TemplateResponse(request, "admin/settlement/org_adjustment.html", context)
+
+    def _adjust(self, request, org: Org, form: AdjustmentForm):
+        """Call ledger_adjust with the form's data; a redirect on success, None to redraw."""
+        data = form.cleaned_data
+        # Scoped to the staff member, so nobody can land on another's adjustment by its key.
+        key = f"admin:{request.user.pk}:{data['idempotency_key']}"
+        is_replay = LedgerTransaction.objects.filter(idempotency_key=f"adjust:{key}").exists()
+        try:
+            txn = ledger_adjust(
+                org=org,
+                account_kind=data["account_kind"],
+                amount_micro=data["amount"],
+                reason=data["reason"],
+                actor=request.user,
+                idempotency_key=key,
+            )
+        except InsufficientFunds:
+            label = Kind(data["account_kind"]).label
+            balance = LedgerAccount.objects.filter(org=org, kind=data["account_kind"]).first()
+            held = _money(balance.balance_micro if balance else 0)
+            form.add_error(
+                "amount",
+                f"This would take the {label} balance below zero: it holds {held}.",
+            )
+            return None
+        except ApplicationError as error:
+            _show_service_error(form, error)
+            return None
+        change_url = reverse("admin:accounts_org_change", args=[org.pk])
+        if is_replay:
+            self.message_user(request, f"Adjustment #{txn.pk} was already made.", messages.INFO)
+            return redirect(change_url)
+        self.log_change(
+            request,
+            org,
+            f"Ledger adjustment #{txn.pk}: {_money(data['amount'])} to {data['account_kind']}. "
+            f"Reason: {txn.reason}",
+        )
+        self.message_user(
+            request,
+            f"Adjustment #{txn.pk}: {_money(data['amount'])} to {data['account_kind']}.",
+            messages.SUCCESS,
+        )
+        return redirect(change_url)
