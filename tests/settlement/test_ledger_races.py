@@ -1,9 +1,7 @@
 """The ledger under real concurrency and the PostgreSQL guards (skipped on SQLite)."""
 
-import threading
-
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 
 from core.errors import InsufficientFunds
 from settlement.models import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
@@ -16,31 +14,10 @@ from settlement.services import (
     platform_account,
     transfer,
 )
+from tests.concurrency import race
 
 Kind = LedgerAccount.Kind
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def _race(workers: int, work) -> list:
-    """Run `work(i)` in `workers` threads released at once; return each result or exception."""
-    barrier = threading.Barrier(workers)
-    results: list = [None] * workers
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except Exception as error:
-            results[i] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
 
 
 def test_twenty_concurrent_holds_never_overspend(buyer, fund):
@@ -50,7 +27,7 @@ def test_twenty_concurrent_holds_never_overspend(buyer, fund):
         with transaction.atomic():
             return hold_place(org_id=buyer.org.id, amount_micro=10_000_000, reference=f"order:{i}")
 
-    results = _race(20, place)
+    results = race(20, place)
     placed = [r for r in results if isinstance(r, Hold)]
     refused = [r for r in results if isinstance(r, InsufficientFunds)]
     assert (len(placed), len(refused)) == (10, 10), results
@@ -73,7 +50,7 @@ def test_one_idempotency_key_from_ten_threads_posts_once(buyer, fund):
                 idempotency_key="same-key",
             ).id
 
-    results = _race(10, post)
+    results = race(10, post)
     assert len(set(results)) == 1, results
     assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 49_000_000
     assert ledger_check() == []
@@ -86,7 +63,7 @@ def test_one_hold_reference_from_ten_threads_holds_once(buyer, fund):
         with transaction.atomic():
             return hold_place(org_id=buyer.org.id, amount_micro=5_000_000, reference="order:7").id
 
-    results = _race(10, place)
+    results = race(10, place)
     assert len(set(results)) == 1, results
     assert account_balance(org_id=buyer.org.id, kind=Kind.HELD) == 5_000_000
     assert ledger_check() == []
@@ -109,7 +86,7 @@ def test_transfers_in_opposite_directions_do_not_deadlock(buyer, provider, fund)
                 )
         return "ok"
 
-    assert _race(8, move) == ["ok"] * 8
+    assert race(8, move) == ["ok"] * 8
     assert ledger_check() == []
 
 

@@ -6,14 +6,12 @@ request queued and runs it the way a worker would, noting a task that asked to b
 """
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
 from celery.exceptions import Retry
-from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
 
@@ -22,6 +20,7 @@ from settlement.selectors import account_balance
 from settlement.services import hold_place, ledger_check, platform_account
 from settlement.services import stripe_events as stripe_events_service
 from settlement.tasks import stripe_events_redrive_task
+from tests.concurrency import race
 from tests.settlement import stripe_events as se
 
 Kind = LedgerAccount.Kind
@@ -577,35 +576,13 @@ def test_stripe_redelivering_a_failed_event_processes_it_again(stripe, topup, mo
 # Real concurrency (PostgreSQL)
 
 
-def _race(workers: int, work) -> list:
-    """Run `work(i)` in `workers` threads released at once; return each result or exception."""
-    barrier = threading.Barrier(workers)
-    results: list = [None] * workers
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except Exception as error:
-            results[i] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_one_event_delivered_eight_times_at_once_is_stored_and_credited_once(topup):
     # Each delivery commits and then runs the processing task (eager) in its own thread.
     payload = _succeeded(topup)
 
-    results = _race(8, lambda i: stripe_events_service.stripe_event_record(event=payload))
+    results = race(8, lambda i: stripe_events_service.stripe_event_record(event=payload))
 
     assert all(isinstance(r, tuple) for r in results), results
     assert sum(1 for _, is_new in results if is_new) == 1
@@ -620,7 +597,7 @@ def test_one_event_delivered_eight_times_at_once_is_stored_and_credited_once(top
 def test_eight_success_events_for_one_payment_at_once_credit_once(topup):
     payloads = [_succeeded(topup) for _ in range(8)]
 
-    results = _race(8, lambda i: stripe_events_service.stripe_event_record(event=payloads[i]))
+    results = race(8, lambda i: stripe_events_service.stripe_event_record(event=payloads[i]))
 
     assert all(isinstance(r, tuple) for r in results), results
     assert StripeEvent.objects.filter(status=StripeEvent.Status.PROCESSED).count() == 8
@@ -635,7 +612,7 @@ def test_refund_events_racing_each_other_debit_each_step_once(topup):
     stripe_events_service.stripe_event_record(event=_succeeded(topup))
     payloads = [_refunded(topup, cents) for cents in (1_000, 1_000, 3_000, 3_000, 5_000, 5_000)]
 
-    results = _race(6, lambda i: stripe_events_service.stripe_event_record(event=payloads[i]))
+    results = race(6, lambda i: stripe_events_service.stripe_event_record(event=payloads[i]))
 
     assert all(isinstance(r, tuple) for r in results), results
     topup.refresh_from_db()
