@@ -1,44 +1,47 @@
-"""Ledger transfers per second with 8 concurrent clients on PostgreSQL, beside pgbench.
+"""Ledger transfers per second with 8 concurrent client processes on PostgreSQL, beside pgbench.
 
-Each client is a separate process (threads would share one interpreter lock) running durable
-transactions that call `ledger_post` with two postings and an idempotency key: the same path
-every money movement takes. Target: at least 0.5x pgbench's TPC-B TPS on the same server.
+Each client is a separate process running durable transactions that call `ledger_post` with two
+postings and a fresh idempotency key, between a random pair of funded org accounts: the path
+every money movement takes. pgbench's TPC-B (`-c 8 -j 2`, scale 10) runs on the same server
+before and after each ledger run; the reference is the mean of the pgbench runs. Target: at
+least 0.5x. Each round also prints the CPU one transfer cost the client and its database
+backend, which stays put when other load on the machine moves the throughput.
 
-    python -m benchmarks.ledger [--seconds 20] [--clients 8] [--accounts 64]
+    python -m benchmarks.ledger [--seconds 20] [--rounds 1] [--clients 8] [--accounts 64]
 """
 
 import argparse
-import multiprocessing
-import os
+import functools
 import random
+import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.reference import pgbench_tps, print_result, scratch_database
+from benchmarks.reference import (
+    django_setup,
+    pgbench_database,
+    print_result,
+    run_clients,
+    scratch_database,
+)
 
-
-def _setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
+TARGET_RATIO = 0.5
+TRANSFER_MICRO = 1_000
+FUNDING_MICRO = 10**12
+REFERENCE = "bench transfer"
 
 
 def _prepare(account_count: int) -> list[int]:
-    from django.core.management import call_command
+    """Create `account_count` orgs with a funded available account; return the account ids."""
     from django.db import transaction
 
     from accounts.models import Org
     from settlement.models import LedgerAccount, LedgerTransaction
     from settlement.services import ledger_post, org_account, platform_account, transfer
 
-    call_command("migrate", verbosity=0)
     clearing = platform_account(kind=LedgerAccount.Kind.STRIPE_CLEARING)
     ids = []
     for i in range(account_count):
@@ -47,17 +50,15 @@ def _prepare(account_count: int) -> list[int]:
         with transaction.atomic():
             ledger_post(
                 kind=LedgerTransaction.Kind.TRANSFER,
-                postings=transfer(clearing, account, 10**12),
+                postings=transfer(clearing, account, FUNDING_MICRO),
                 reference="bench funding",
             )
         ids.append(account.id)
     return ids
 
 
-def _client(
-    url: str, account_ids: list[int], start_at: float, deadline: float, seed: int, results
-) -> None:
-    _setup_django(url)
+def _client_setup(url: str, account_ids: list[int], client_index: int):
+    django_setup(url)
     from django.db import transaction
 
     from settlement.models import LedgerTransaction
@@ -67,65 +68,88 @@ def _client(
     def one_transfer(source: int, destination: int) -> None:
         ledger_post(
             kind=LedgerTransaction.Kind.TRANSFER,
-            postings=[Posting(source, -1_000), Posting(destination, 1_000)],
-            reference="bench",
+            postings=[Posting(source, -TRANSFER_MICRO), Posting(destination, TRANSFER_MICRO)],
+            reference=REFERENCE,
             idempotency_key=uuid.uuid4().hex,
         )
 
-    rng = random.Random(seed)
-    time.sleep(max(0.0, start_at - time.monotonic()))
-    done = 0
-    while time.monotonic() < deadline:
-        source, destination = rng.sample(account_ids, 2)
-        one_transfer(source, destination)
-        done += 1
-    results.put(done)
+    return one_transfer, account_ids, random.Random(client_index)
+
+
+def _client_transfer(state) -> None:
+    one_transfer, account_ids, rng = state
+    source, destination = rng.sample(account_ids, 2)
+    one_transfer(source, destination)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--accounts", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=20, help="length of each timed run")
+    parser.add_argument("--rounds", type=int, default=1, help="ledger runs, each between pgbench")
+    parser.add_argument("--clients", type=int, default=8, help="client processes")
+    parser.add_argument("--accounts", type=int, default=64, help="funded org accounts")
     args = parser.parse_args()
 
-    reference = pgbench_tps(clients=args.clients, jobs=2, seconds=args.seconds)
-    with scratch_database("tx_bench_ledger") as url:
-        _setup_django(url)
+    with pgbench_database(scale=10) as pgbench, scratch_database("tx_bench_ledger") as url:
+        django_setup(url, migrate=True)
         account_ids = _prepare(args.accounts)
         from django.db import connections
 
-        connections.close_all()
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        start_at = time.monotonic() + 5  # let every client import Django before the clock runs
-        deadline = start_at + args.seconds
-        workers = [
-            context.Process(
-                target=_client, args=(url, account_ids, start_at, deadline, seed, results)
+        connections.close_all()  # the clients are new processes with their own connections
+        references = [pgbench.tps(clients=args.clients, jobs=2, seconds=args.seconds)]
+        runs = []
+        for _ in range(args.rounds):
+            runs.append(
+                run_clients(
+                    setup=functools.partial(_client_setup, url, account_ids),
+                    operation=_client_transfer,
+                    clients=args.clients,
+                    seconds=args.seconds,
+                )
             )
-            for seed in range(args.clients)
-        ]
-        for worker in workers:
-            worker.start()
-        done = sum(results.get() for _ in workers)
-        for worker in workers:
-            worker.join()
-        elapsed = args.seconds
+            references.append(pgbench.tps(clients=args.clients, jobs=2, seconds=args.seconds))
 
+        from settlement.models import LedgerTransaction
         from settlement.services import ledger_check
 
+        written = LedgerTransaction.objects.filter(reference=REFERENCE).count()
         problems = ledger_check()
+        connections.close_all()
+
+    details = []
+    for number, run in enumerate(runs):
+        before, after = references[number], references[number + 1]
+        details += [
+            (
+                f"round {number + 1}: pgbench, ledger, pgbench",
+                f"{before:,.0f}, {run.per_second:,.0f}, {after:,.0f}",
+            ),
+            (
+                f"round {number + 1}: ratio; p50 / p99 ms",
+                f"{run.per_second / statistics.fmean([before, after]):.2f}x; "
+                f"{run.latency_ms(0.5):.1f} / {run.latency_ms(0.99):.1f}",
+            ),
+            (
+                f"round {number + 1}: CPU us/transfer client/db",
+                run.cpu_us_per_operation(),
+            ),
+        ]
+    counted = sum(run.operations for run in runs)
+    details += [
+        ("transfers timed / written (+ warm-ups)", f"{counted:,} / {written:,}"),
+        ("ledger_check after the run", "clean" if not problems else f"{len(problems)} BREACHES"),
+    ]
     print_result(
         name="ledger transfers (ledger_post, 2 postings, idempotency key, durable transaction)",
-        figure=done / elapsed,
+        figure=statistics.fmean(run.per_second for run in runs),
         unit=f"transfers/s, {args.clients} client processes",
-        reference_tps=reference,
-        target_ratio=0.5,
-        extra=[
-            ("ledger_check after the run", "clean" if not problems else f"{len(problems)} BREACHES")
-        ],
+        target=TARGET_RATIO,
+        reference=statistics.fmean(references),
+        reference_label=f"pgbench TPC-B TPS, -c {args.clients} -j 2",
+        details=tuple(details),
     )
+    for problem in problems:
+        print(f"   BREACH: {problem}")
 
 
 if __name__ == "__main__":
