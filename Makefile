@@ -21,6 +21,7 @@ migrate: venv
 
 demo: migrate
 	$(PY) manage.py demo_data
+	$(PY) manage.py demo_markets
 
 run: demo
 	@echo ""

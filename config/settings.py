@@ -184,6 +184,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
+# Match tasks go to queue match-<market_id % MATCH_QUEUE_SHARDS>; each worker consumes some of
+# them, so adding workers (and shards) spreads the markets (see marketplace.tasks).
+MATCH_QUEUE_SHARDS = env_int("MATCH_QUEUE_SHARDS", 1, minimum=1)
+# Pending orders the engine takes per transaction; a killed worker's batch rolls back whole.
+MATCH_BATCH_SIZE = env_int("MATCH_BATCH_SIZE", 1000, minimum=1)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # Stripe. In the embedded mode STRIPE_API_BASE points at localstripe; in production it is empty

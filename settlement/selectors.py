@@ -2,10 +2,10 @@
 
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Sum
 
 from settlement.errors import TopUpNotFound
-from settlement.models import LedgerAccount, LedgerEntry, TopUp
+from settlement.models import Entitlement, LedgerAccount, LedgerEntry, TopUp
 from settlement.models.ledger import CURRENCY_USD
 
 Kind = LedgerAccount.Kind
@@ -71,3 +71,11 @@ def topup_get(*, org_id: int, topup_id: int) -> TopUp:
     if topup is None:
         raise TopUpNotFound()
     return topup
+
+
+def entitlement_undelivered_tokens(*, provider_org_id: int, market_id: int) -> int:
+    """Billable tokens the provider sold in the market and has not delivered yet (open ones)."""
+    total = Entitlement.objects.filter(
+        provider_org_id=provider_org_id, market_id=market_id, status=Entitlement.Status.OPEN
+    ).aggregate(tokens=Sum(F("tokens_bought") - F("tokens_used")))["tokens"]
+    return total or 0

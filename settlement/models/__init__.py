@@ -11,12 +11,25 @@ Ledger (ledger.py)
 - `Hold`: money set aside from `available` into `held` for one purpose (a bid, a relay request),
   named by a unique reference. held balance = sum of open holds' remaining amounts.
 
+Entitlements (entitlements.py)
+- `Entitlement`: the tokens one trade bought, with the contract terms copied from it; usage draws
+  it down. The buyer's escrow equals the unused value of its open entitlements.
+
 Payments (payments.py)
 - `StripeEvent`: every verified webhook, stored once by Stripe's event id before it is acted on.
 - `TopUp`: a buyer's card payment. Credited only when a verified webhook says it succeeded.
 """
 
+from settlement.models.entitlements import Entitlement
 from settlement.models.ledger import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
 from settlement.models.payments import StripeEvent, TopUp
 
-__all__ = ["Hold", "LedgerAccount", "LedgerEntry", "LedgerTransaction", "StripeEvent", "TopUp"]
+__all__ = [
+    "Entitlement",
+    "Hold",
+    "LedgerAccount",
+    "LedgerEntry",
+    "LedgerTransaction",
+    "StripeEvent",
+    "TopUp",
+]

@@ -88,6 +88,13 @@ class LedgerTransaction(models.Model):
         ADJUSTMENT = "adjustment", "Manual adjustment"
         TRANSFER = "transfer", "Transfer"
         TRADE = "trade", "Trade settled into escrow"
+        DELIVERY = "delivery", "Delivered tokens paid to the provider"
+        PAYG = "payg", "Pay-as-you-go usage"
+        EXPIRY = "expiry", "Unused entitlement expired"
+        ROUNDING = "rounding", "Rounding remainder"
+        PAYOUT = "payout", "Payout to the provider's bank"
+        PAYOUT_FAILED = "payout_failed", "Payout failed and returned"
+        WITHDRAWAL = "withdrawal", "Withdrawal refunded to card"
 
     kind = models.CharField(max_length=24, choices=Kind.choices)
     reference = models.CharField(max_length=120, db_index=True)

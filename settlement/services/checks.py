@@ -4,9 +4,16 @@ Each check returns human-readable problems; an empty list means the ledger is so
 management command prints them and exits non-zero; tests call it after every money scenario.
 """
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Q, Sum, Window
 
-from settlement.models import Hold, LedgerAccount, LedgerEntry, LedgerTransaction, TopUp
+from settlement.models import (
+    Entitlement,
+    Hold,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    TopUp,
+)
 
 Kind = LedgerAccount.Kind
 
@@ -37,6 +44,24 @@ def _balances_match_entries() -> list[str]:
     return [
         f"account {row['id']} ({row['org_id'] or 'platform'}:{row['kind']}) holds "
         f"{row['balance_micro']} but its entries sum to {row['entries_total'] or 0}"
+        for row in rows
+    ]
+
+
+def _running_balances_match() -> list[str]:
+    # Each entry's balance_after is what its account held right after it: the sum of the
+    # account's entries up to and including it, in the order they were written.
+    rows = (
+        LedgerEntry.objects.annotate(
+            running=Window(Sum("amount_micro"), partition_by=[F("account_id")], order_by="id")
+        )
+        .filter(~Q(balance_after_micro=F("running")))
+        .values("id", "account_id", "balance_after_micro", "running")
+        .order_by("id")[:50]
+    )
+    return [
+        f"entry {row['id']} on account {row['account_id']} says the balance became "
+        f"{row['balance_after_micro']} but the entries up to it sum to {row['running']}"
         for row in rows
     ]
 
@@ -79,14 +104,39 @@ def _held_matches_open_holds() -> list[str]:
         expected = open_by_org.get(org_id, 0)
         if held != expected:
             problems.append(f"org {org_id} holds {held} but its open holds total {expected}")
+    spent_but_open = (
+        Hold.objects.filter(
+            status=Hold.Status.OPEN, amount_micro=F("captured_micro") + F("released_micro")
+        )
+        .values_list("reference", flat=True)
+        .order_by("id")[:50]
+    )
+    problems += [
+        f"hold {reference} has nothing left but is still open" for reference in spent_but_open
+    ]
     return problems
 
 
 def _escrow_matches_entitlements() -> list[str]:
-    # TODO(issue 4): compare with the unused value of open entitlements once they exist; until
-    # then nothing may sit in escrow.
-    rows = LedgerAccount.objects.filter(kind=Kind.ESCROW).exclude(balance_micro=0)
-    return [f"org {a.org_id} has {a.balance_micro} in escrow with no entitlements" for a in rows]
+    """Each buyer's escrow is exactly the unused value of its open entitlements."""
+    open_by_org = dict(
+        Entitlement.objects.filter(status=Entitlement.Status.OPEN)
+        .values("buyer_org_id")
+        .annotate(left=Sum(F("value_micro") - F("charged_micro")))
+        .values_list("buyer_org_id", "left")
+    )
+    escrow_by_org = dict(
+        LedgerAccount.objects.filter(kind=Kind.ESCROW).values_list("org_id", "balance_micro")
+    )
+    problems = []
+    for org_id in sorted(set(open_by_org) | set(escrow_by_org)):
+        escrow = escrow_by_org.get(org_id, 0)
+        expected = open_by_org.get(org_id, 0)
+        if escrow != expected:
+            problems.append(
+                f"org {org_id} has {escrow} in escrow but its open entitlements hold {expected}"
+            )
+    return problems
 
 
 def _topups_credited_once() -> list[str]:
@@ -118,6 +168,7 @@ def _topup_ids(credited: dict) -> list[int]:
 CHECKS = (
     _unbalanced_transactions,
     _balances_match_entries,
+    _running_balances_match,
     _no_negative_balances,
     _ledger_sums_to_zero,
     _held_matches_open_holds,

@@ -1,0 +1,28 @@
+"""REST endpoints for markets, orders and provider endpoints.
+
+Prices are decimal strings of USD per 1M billable tokens ("5.000000"); money is a decimal USD
+string; lots and tokens are integers. A market is named by its symbol ("FRONTIER-EU").
+"""
+
+from marketplace.apis.endpoints import EndpointCollectionApi
+from marketplace.apis.markets import MarketDetailApi, MarketListApi
+from marketplace.apis.orders import (
+    OrderCancelAllApi,
+    OrderCancelApi,
+    OrderCollectionApi,
+    OrderDetailApi,
+    OrderPreviewApi,
+    OrderReduceApi,
+)
+
+__all__ = [
+    "EndpointCollectionApi",
+    "MarketDetailApi",
+    "MarketListApi",
+    "OrderCancelAllApi",
+    "OrderCancelApi",
+    "OrderCollectionApi",
+    "OrderDetailApi",
+    "OrderPreviewApi",
+    "OrderReduceApi",
+]

@@ -1,0 +1,309 @@
+"""The matching engine: the single writer of each market's book, run as a Celery task.
+
+`market_match` drains a market's pending orders, in id order, through the matching core and
+writes what happened (order states, trades, ledger moves, entitlements) in batches, one database
+transaction per batch. It holds the market's lock (core.locks.market_lock) for the batch, so
+two workers never match the same market at once.
+
+Crash safety: every batch is one transaction and orders leave `pending` in it, so a worker killed
+anywhere loses nothing (the orders are still pending and the next run takes them) and doubles
+nothing (a committed batch left no pending orders behind). The book is kept in memory between
+runs; it is rebuilt from the open orders whenever the market's `last_sequence` or `book_version`
+in the database differs from what this process last wrote, and dropped after any failure.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core import locks
+from core.bulk import rows_insert, rows_update
+from core.units import TOKENS_PER_PRICE_UNIT, bp_floor
+from marketplace import matching as core
+from marketplace.matching import OrderBook
+from marketplace.models import Market, Order, Trade
+from settlement.services.trades import TradeFill, trades_settle
+
+logger = logging.getLogger(__name__)
+
+# What the engine reads of a pending order, in this order.
+_PENDING_FIELDS = ("id", "org_id", "side", "type", "tif", "post_only", "stp", "price_micro", "lots")
+
+
+@dataclass
+class _CachedBook:
+    """A market's book as this process last wrote it, and who owns each resting order.
+
+    `resting` maps every resting order's id to [org id, filled lots]: what the engine needs to
+    write a trade against it and its new fill, without reading it back.
+    """
+
+    book: OrderBook
+    resting: dict[int, list[int]]
+    last_sequence: int
+    book_version: int
+
+
+_BOOKS: dict[int, _CachedBook] = {}
+
+
+def market_match(*, market_id: int, batch_size: int | None = None) -> int:
+    """Match every pending order of the market; returns how many orders were processed.
+
+    `batch_size` orders go in each transaction (default: the MATCH_BATCH_SIZE setting).
+    """
+    batch_size = batch_size or settings.MATCH_BATCH_SIZE
+    processed = 0
+    while True:
+        try:
+            count = _match_batch(market_id=market_id, batch_size=batch_size)
+        except BaseException:
+            # The transaction rolled back; the in-memory book may be ahead of the database.
+            _BOOKS.pop(market_id, None)
+            raise
+        processed += count
+        if count < batch_size:
+            return processed
+
+
+def _book_for(market: Market) -> _CachedBook:
+    cached = _BOOKS.get(market.id)
+    if (
+        cached is not None
+        and cached.last_sequence == market.last_sequence
+        and cached.book_version == market.book_version
+    ):
+        return cached
+    _BOOKS.pop(market.id, None)
+    book = OrderBook()
+    resting: dict[int, list[int]] = {}
+    rows = (
+        Order.objects.filter(market_id=market.id, status=Order.Status.OPEN)
+        .order_by("sequence")
+        .values_list(*_PENDING_FIELDS, "filled_lots")
+    )
+    for *fields, filled_lots in rows.iterator(chunk_size=5000):
+        order_id, org_id, lots = fields[0], fields[1], fields[-1]
+        book.load_resting(_core_order(fields, market, lots=lots - filled_lots))
+        resting[order_id] = [org_id, filled_lots]
+    logger.info("rebuilt the book of market %s from %s open orders", market.id, len(book))
+    return _CachedBook(book, resting, market.last_sequence, market.book_version)
+
+
+def _core_order(fields, market: Market, *, lots: int) -> core.Order:
+    order_id, org_id, side, order_type, tif, post_only, stp, price_micro, _ = fields
+    if order_type == Order.Type.MARKET and side == Order.Side.BUY:
+        # Held at the band's upper edge (order_place), so it trades as a limit there and never
+        # pays more than it held.
+        order_type, price_ticks = core.LIMIT, market.band_high_micro // market.tick_micro
+    elif order_type == Order.Type.MARKET:
+        order_type, price_ticks = core.MARKET, None
+    else:
+        order_type, price_ticks = core.LIMIT, price_micro // market.tick_micro
+    return core.Order(
+        id=order_id,
+        org=org_id,
+        side=side,
+        type=order_type,
+        price_ticks=price_ticks,
+        lots=lots,
+        tif=tif,
+        post_only=post_only,
+        stp=stp,
+    )
+
+
+@transaction.atomic(durable=True)
+def _match_batch(*, market_id: int, batch_size: int) -> int:
+    locks.market_lock(market_id)
+    market = Market.objects.get(pk=market_id)
+    if market.status != Market.Status.OPEN:
+        return 0  # a halted market keeps its book and its pending orders until it resumes
+    pending = list(
+        Order.objects.filter(market_id=market_id, status=Order.Status.PENDING)
+        .order_by("id")
+        .values_list(*_PENDING_FIELDS)[:batch_size]
+    )
+    if not pending:
+        return 0
+    cached = _book_for(market)
+    batch = _Batch(market, cached)
+    for fields in pending:
+        batch.submit(fields)
+    batch.write()
+    Market.objects.filter(pk=market.id).update(last_sequence=batch.sequence)
+    cached.last_sequence = batch.sequence
+    _BOOKS[market.id] = cached
+    return len(pending)
+
+
+class _Batch:
+    """One batch of submissions: run through the book, gathered in columns, written in bulk."""
+
+    def __init__(self, market: Market, cached: _CachedBook):
+        self.market = market
+        self.book = cached.book
+        self.resting = cached.resting
+        self.sequence = market.last_sequence
+        self.now = timezone.now()
+        # The batch's own orders, in sequence order: id -> [sequence, side, lots, reject reason].
+        self.taken: dict[int, list] = {}
+        # Every order whose state changed: id -> [org id, side, filled lots].
+        self.touched: dict[int, list] = {}
+        self.expired: set[int] = set()
+        self.trades: list[tuple] = []  # (taker id, maker id, price ticks, lots)
+
+    def submit(self, fields) -> None:
+        order_id, org_id, side, lots = fields[0], fields[1], fields[2], fields[-1]
+        self.sequence += 1
+        self.taken[order_id] = [self.sequence, side, lots, ""]
+        self.touched[order_id] = [org_id, side, 0]
+        maker_side = Order.Side.SELL if side == Order.Side.BUY else Order.Side.BUY
+        for event in self.book.submit(_core_order(fields, self.market, lots=lots)):
+            kind = type(event)
+            if kind is core.Trade:
+                maker = self._maker(event.maker, maker_side)
+                maker[2] += event.lots
+                self.touched[order_id][2] += event.lots
+                self.trades.append((order_id, event.maker, event.price_ticks, event.lots))
+            elif kind is core.Expired:
+                self.expired.add(event.id)
+                if event.id != order_id:
+                    self._maker(event.id, maker_side)  # self-trade prevention expired a maker
+            elif kind is core.Rejected:
+                self.taken[order_id][3] = event.reason[:64]
+        if self.book.resting(order_id) is not None:
+            self.resting[order_id] = [org_id, self.touched[order_id][2]]
+
+    def _maker(self, order_id: int, side: str) -> list:
+        touched = self.touched.get(order_id)
+        if touched is None:
+            org_id, filled_lots = self.resting[order_id]
+            touched = self.touched[order_id] = [org_id, side, filled_lots]
+        return touched
+
+    def _status(self, order_id: int) -> str:
+        if order_id in self.taken and self.taken[order_id][3]:
+            return Order.Status.REJECTED
+        if order_id in self.expired:
+            return Order.Status.EXPIRED
+        if self.book.resting(order_id) is not None:
+            return Order.Status.OPEN
+        return Order.Status.FILLED
+
+    def write(self) -> None:
+        statuses = {order_id: self._status(order_id) for order_id in self.touched}
+        for order_id, status in statuses.items():
+            if status == Order.Status.OPEN:
+                self.resting[order_id][1] = self.touched[order_id][2]
+            else:
+                self.resting.pop(order_id, None)
+        taken = list(self.taken)
+        rows_update(
+            Order,
+            ids=taken,
+            columns={
+                "status": [statuses[order_id] for order_id in taken],
+                "filled_lots": [self.touched[order_id][2] for order_id in taken],
+                "sequence": [self.taken[order_id][0] for order_id in taken],
+                "reject_reason": [self.taken[order_id][3] for order_id in taken],
+            },
+            constants={"updated_at": self.now},
+        )
+        makers = [order_id for order_id in self.touched if order_id not in self.taken]
+        rows_update(
+            Order,
+            ids=makers,
+            columns={
+                "status": [statuses[order_id] for order_id in makers],
+                "filled_lots": [self.touched[order_id][2] for order_id in makers],
+            },
+            constants={"updated_at": self.now},
+        )
+        fills = self._write_trades()
+        finished_buys = sorted(
+            order_id
+            for order_id, (_, side, _) in self.touched.items()
+            if side == Order.Side.BUY and statuses[order_id] != Order.Status.OPEN
+        )
+        trades_settle(
+            fills=fills,
+            finished_hold_references=[f"order:{order_id}" for order_id in finished_buys],
+        )
+
+    def _write_trades(self) -> list[TradeFill]:
+        market = self.market
+        columns: dict[str, list] = {
+            name: []
+            for name in (
+                "taker_order_id",
+                "maker_order_id",
+                "buyer_org_id",
+                "seller_org_id",
+                "price_micro",
+                "lots",
+                "tokens",
+                "notional_micro",
+                "buyer_fee_micro",
+                "seller_fee_bp",
+                "sequence",
+            )
+        }
+        buy_orders = []
+        for taker_id, maker_id, price_ticks, lots in self.trades:
+            taker_org, taker_side, _ = self.touched[taker_id]
+            maker_org = self.touched[maker_id][0]
+            price_micro = price_ticks * market.tick_micro
+            tokens = lots * market.lot_tokens
+            notional_micro = tokens * price_micro // TOKENS_PER_PRICE_UNIT
+            if taker_side == Order.Side.BUY:
+                buyer_org, seller_org, buy_order = taker_org, maker_org, taker_id
+                buyer_fee_bp, seller_fee_bp = market.taker_fee_bp, market.maker_fee_bp
+            else:
+                buyer_org, seller_org, buy_order = maker_org, taker_org, maker_id
+                buyer_fee_bp, seller_fee_bp = market.maker_fee_bp, market.taker_fee_bp
+            buy_orders.append(buy_order)
+            for name, value in (
+                ("taker_order_id", taker_id),
+                ("maker_order_id", maker_id),
+                ("buyer_org_id", buyer_org),
+                ("seller_org_id", seller_org),
+                ("price_micro", price_micro),
+                ("lots", lots),
+                ("tokens", tokens),
+                ("notional_micro", notional_micro),
+                ("buyer_fee_micro", bp_floor(notional_micro, buyer_fee_bp)),
+                ("seller_fee_bp", seller_fee_bp),
+                ("sequence", self.taken[taker_id][0]),
+            ):
+                columns[name].append(value)
+        trade_ids = rows_insert(
+            Trade,
+            columns=columns,
+            constants={"market_id": market.id, "created_at": self.now},
+            returning_ids=True,
+        )
+        expires_at = self.now + timedelta(days=market.delivery_days)
+        return [
+            TradeFill(
+                trade_id=trade_id,
+                market_id=market.id,
+                buyer_org_id=columns["buyer_org_id"][i],
+                seller_org_id=columns["seller_org_id"][i],
+                buy_hold_reference=f"order:{buy_orders[i]}",
+                tokens=columns["tokens"][i],
+                price_micro=columns["price_micro"][i],
+                notional_micro=columns["notional_micro"][i],
+                buyer_fee_micro=columns["buyer_fee_micro"][i],
+                seller_fee_bp=columns["seller_fee_bp"][i],
+                output_weight_bp=market.output_weight_bp,
+                cache_weight_bp=market.cache_weight_bp,
+                expiry_policy=market.expiry_policy,
+                expires_at=expires_at,
+            )
+            for i, trade_id in enumerate(trade_ids)
+        ]
