@@ -17,6 +17,11 @@ app.conf.beat_schedule = {
         "task": "settlement.tasks.stripe_events_redrive_task",
         "schedule": 300.0,
     },
+    "relay-stale-release": {
+        # Every ten minutes: give back relay holds and reservations older than an hour.
+        "task": "relay.tasks.relay_stale_release_task",
+        "schedule": 600.0,
+    },
 }
 
 # kombu's filesystem transport expects its folders to exist before the first message.

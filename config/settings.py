@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "settlement",
     "marketplace",
     "portal",
+    "relay",
 ]
 
 MIDDLEWARE = [

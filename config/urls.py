@@ -20,6 +20,7 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
+    path("relay/", include("relay.urls")),
     path("admin/", admin.site.urls),
     path("", include("portal.urls")),
 ]

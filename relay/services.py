@@ -1,0 +1,508 @@
+"""The relay's writes: admit a request (limits and the worst case set aside), fund a fallback,
+and settle (charge the actual cost once, give back the rest, record the request).
+
+Money: a pay-as-you-go request holds its worst case from the buyer's available balance under
+`relay:<request id>` (settlement holds); an entitlement-backed one reserves the worst case in
+billable tokens on the entitlement (EntitlementReservation). Settling captures the actual cost from
+the hold into the provider's earnings (less the market's maker fee, to the platform's fees) and
+releases the rest, or releases everything when the request failed or came back empty. Each of
+these runs in one transaction of its own; no provider is called inside one.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import SimpleNamespace
+
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+from rest_framework import exceptions
+
+from accounts.authentication import ApiKeyAuthentication
+from accounts.keys import key_digest
+from accounts.models import Scope
+from core import locks
+from core.errors import InsufficientFunds as LedgerInsufficientFunds
+from core.units import bp_floor
+from relay import limits
+from relay.errors import (
+    BadRequest,
+    BudgetExceeded,
+    InsufficientFunds,
+    InvalidApiKey,
+    MissingScope,
+    NoHealthyProvider,
+    RateLimited,
+)
+from relay.models import EntitlementReservation, KeyCounter, KeyPolicy, RelayRequest
+from relay.pricing import (
+    Tokens,
+    Weights,
+    cost_ceil_micro,
+    cost_micro,
+    worst_billable_tokens,
+    worst_input_tokens,
+)
+from relay.selectors import (
+    Candidate,
+    TtlCache,
+    candidate_list,
+    market_weights,
+    route_cache_clear,
+    route_get,
+)
+from settlement.models import Entitlement, Hold, LedgerAccount, LedgerTransaction
+from settlement.services import Posting, hold_capture, hold_place, hold_release
+from settlement.services.ledger import org_accounts, platform_account
+
+
+@dataclass
+class Funding:
+    """How the attempt in flight is paid for: one entitlement's tokens, or the held balance."""
+
+    entitlement_id: int | None
+    price_micro: int
+    weights: Weights
+    provider_fee_bp: int
+    worst_micro: int
+    reserved_tokens: int = 0
+
+
+@dataclass
+class Admission:
+    """A request the relay accepted: plain data handed between the event loop and DB threads."""
+
+    request_id: str
+    org_id: int
+    api_key_id: int
+    market_id: int
+    reference_price_micro: int
+    market_weights: Weights
+    maker_fee_bp: int
+    model: str
+    kind: str
+    is_streamed: bool
+    worst_input_tokens: int
+    max_output_tokens: int
+    candidates: list[Candidate]
+    funding: Funding | None = None
+    funded_endpoint_id: int | None = None
+    hold_micro: int = 0  # the pay-as-you-go hold, placed at most once per request
+    tokens_window: object = None
+    tokens_taken: int = 0
+    spend_window: object = None
+    spend_taken_micro: int = 0
+    skipped: list[int] = field(default_factory=list)
+
+    @property
+    def hold_reference(self) -> str:
+        return f"relay:{self.request_id}"
+
+
+# A key's principal is remembered this long per relay process, so a revoked key may still pass
+# for up to AUTH_TTL_S; refusals are never remembered.
+AUTH_TTL_S = 5.0
+_principals = TtlCache(AUTH_TTL_S)
+
+
+def relay_caches_clear() -> None:
+    _principals.clear()
+    _account_ids.clear()
+    route_cache_clear()
+
+
+def relay_authenticate(*, authorization: str):
+    """The Principal of a relay API key (accounts' own key check), or InvalidApiKey/MissingScope."""
+    if not authorization:
+        raise InvalidApiKey()
+    return _principals.get(key_digest(authorization), lambda: _authenticate(authorization))
+
+
+def _authenticate(authorization: str):
+    # The accounts check reads only the Authorization header of the request it is given.
+    shim = SimpleNamespace(
+        headers={"authorization": authorization}, META={"HTTP_AUTHORIZATION": authorization}
+    )
+    try:
+        result = ApiKeyAuthentication().authenticate(shim)
+    except exceptions.AuthenticationFailed as error:
+        raise InvalidApiKey(str(error.detail)) from None
+    if result is None:
+        raise InvalidApiKey()
+    principal = result[1]
+    if not principal.has_scope(Scope.RELAY):
+        raise MissingScope()
+    return principal
+
+
+def _max_output_tokens(body: dict, tier_cap: int, kind: str) -> int:
+    if kind == RelayRequest.Kind.EMBEDDING:
+        return 0
+    asked = body.get("max_completion_tokens", body.get("max_tokens"))
+    if asked is None:
+        return tier_cap
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked <= 0:
+        raise BadRequest("max_tokens must be a positive integer.", param="max_tokens")
+    return min(asked, tier_cap)
+
+
+@transaction.atomic(durable=True)
+def relay_admit(
+    *, principal, body: dict, kind: str, region_code: str | None, request_id: str
+) -> Admission:
+    """Route a request and set its worst case aside; refuses with 402/404/429/503. Own txn."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("`model` is required.", param="model")
+    policy = KeyPolicy.objects.filter(api_key_id=principal.api_key.id).first()
+    if not region_code and policy is not None and policy.default_region_id:
+        region_code = policy.default_region.code
+    route = route_get(model=model, region_code=region_code)
+    market = route.market
+    max_output = _max_output_tokens(body, market.tier.max_output_tokens, kind)
+    if kind != RelayRequest.Kind.EMBEDDING and body.get("max_tokens") is None:
+        # The provider must not write more than the worst case held for it.
+        body["max_tokens"] = max_output
+    candidates = candidate_list(buyer_org_id=principal.org.id, route=route)
+    if not candidates:
+        raise NoHealthyProvider(f"No verified provider serves {model!r} in {market.symbol}.")
+    admission = Admission(
+        request_id=request_id,
+        org_id=principal.org.id,
+        api_key_id=principal.api_key.id,
+        market_id=market.id,
+        reference_price_micro=market.reference_price_micro,
+        market_weights=market_weights(market),
+        maker_fee_bp=market.maker_fee_bp,
+        model=model,
+        kind=kind,
+        is_streamed=bool(body.get("stream")),
+        worst_input_tokens=worst_input_tokens(body),
+        max_output_tokens=max_output,
+        candidates=candidates,
+    )
+    if policy is not None:
+        _take_limits(admission, policy)
+    for candidate in candidates:
+        if _fund(admission, candidate):
+            return admission
+        admission.skipped.append(candidate.endpoint_id)
+    raise InsufficientFunds(
+        "Neither entitlements nor the available balance cover this request's worst case "
+        f"({admission.worst_input_tokens} input and {max_output} output tokens).",
+        param="balance",
+    )
+
+
+def _take_limits(admission: Admission, policy: KeyPolicy) -> None:
+    now = timezone.now()
+    key = admission.api_key_id
+    if policy.requests_per_minute is not None and not limits.counter_take(
+        api_key_id=key,
+        kind=KeyCounter.Kind.REQUESTS,
+        window_start=limits.minute_start(now),
+        amount=1,
+        limit=policy.requests_per_minute,
+    ):
+        raise RateLimited(
+            f"This key may send {policy.requests_per_minute} requests a minute.",
+            param="requests_per_minute",
+            retry_after_s=limits.seconds_to_next_minute(now),
+        )
+    if policy.tokens_per_minute is not None:
+        tokens = admission.worst_input_tokens + admission.max_output_tokens
+        window = limits.minute_start(now)
+        if not limits.counter_take(
+            api_key_id=key,
+            kind=KeyCounter.Kind.TOKENS,
+            window_start=window,
+            amount=tokens,
+            limit=policy.tokens_per_minute,
+        ):
+            raise RateLimited(
+                f"This key may use {policy.tokens_per_minute} tokens a minute; this request "
+                f"may use {tokens}.",
+                param="tokens_per_minute",
+                retry_after_s=limits.seconds_to_next_minute(now),
+            )
+        admission.tokens_window, admission.tokens_taken = window, tokens
+    if policy.spend_cap_micro is not None:
+        worst = _worst_spend_micro(admission)
+        window = limits.spend_window_start(policy.spend_window, now)
+        if not limits.counter_take(
+            api_key_id=key,
+            kind=KeyCounter.Kind.SPEND,
+            window_start=window,
+            amount=worst,
+            limit=policy.spend_cap_micro,
+        ):
+            raise BudgetExceeded(
+                f"This key's {policy.spend_window} spend cap does not cover this request's "
+                "worst case.",
+                param=f"spend_cap_{policy.spend_window}",
+            )
+        admission.spend_window, admission.spend_taken_micro = window, worst
+
+
+def _worst_spend_micro(admission: Admission) -> int:
+    """The most this request can cost, whichever candidate serves it."""
+    entitlement_ids = [i for c in admission.candidates for i in c.entitlement_ids]
+    terms = [(admission.reference_price_micro, admission.market_weights)] + [
+        (price, Weights(output_weight_bp=out_bp, cache_weight_bp=cache_bp))
+        for price, out_bp, cache_bp in Entitlement.objects.filter(
+            id__in=entitlement_ids
+        ).values_list("price_micro", "output_weight_bp", "cache_weight_bp")
+    ]
+    return max(_worst_micro(admission, price, weights) for price, weights in terms)
+
+
+def _worst_micro(admission: Admission, price_micro: int, weights: Weights) -> int:
+    tokens = worst_billable_tokens(
+        input_tokens=admission.worst_input_tokens,
+        max_output_tokens=admission.max_output_tokens,
+        weights=weights,
+    )
+    return cost_ceil_micro(tokens=tokens, price_micro_per_m=price_micro)
+
+
+def _fund(admission: Admission, candidate: Candidate) -> bool:
+    """Pay for an attempt at `candidate`: its entitlements first, then the held balance. In a txn.
+
+    Locks the entitlement row (before any hold or ledger account, core.locks order).
+    """
+    for entitlement_id in candidate.entitlement_ids:
+        entitlement = locks.row_for_update("settlement.Entitlement", entitlement_id)
+        if entitlement is None or entitlement.status != Entitlement.Status.OPEN:
+            continue
+        weights = Weights(
+            output_weight_bp=entitlement.output_weight_bp,
+            cache_weight_bp=entitlement.cache_weight_bp,
+        )
+        worst_tokens = worst_billable_tokens(
+            input_tokens=admission.worst_input_tokens,
+            max_output_tokens=admission.max_output_tokens,
+            weights=weights,
+        )
+        reserved = EntitlementReservation.objects.filter(entitlement=entitlement).aggregate(
+            tokens=Sum("tokens")
+        )["tokens"]
+        if (reserved or 0) + worst_tokens > entitlement.tokens_left:
+            continue
+        EntitlementReservation.objects.create(
+            entitlement=entitlement, request_id=admission.request_id, tokens=worst_tokens
+        )
+        admission.funding = Funding(
+            entitlement_id=entitlement.id,
+            price_micro=entitlement.price_micro,
+            weights=weights,
+            provider_fee_bp=entitlement.provider_fee_bp,
+            worst_micro=_worst_micro(admission, entitlement.price_micro, weights),
+            reserved_tokens=worst_tokens,
+        )
+        admission.funded_endpoint_id = candidate.endpoint_id
+        return True
+    worst = _worst_micro(admission, admission.reference_price_micro, admission.market_weights)
+    if admission.hold_micro == 0:
+        if worst == 0:
+            return False
+        try:
+            with transaction.atomic():  # a refused hold must not spoil the outer transaction
+                hold_place(
+                    org_id=admission.org_id, amount_micro=worst, reference=admission.hold_reference
+                )
+        except LedgerInsufficientFunds:
+            return False
+        admission.hold_micro = worst
+    admission.funding = Funding(
+        entitlement_id=None,
+        price_micro=admission.reference_price_micro,
+        weights=admission.market_weights,
+        provider_fee_bp=admission.maker_fee_bp,
+        worst_micro=worst,
+    )
+    admission.funded_endpoint_id = candidate.endpoint_id
+    return True
+
+
+def _unreserve(admission: Admission) -> None:
+    funding = admission.funding
+    if funding is not None and funding.entitlement_id is not None and funding.reserved_tokens:
+        EntitlementReservation.objects.filter(request_id=admission.request_id).delete()
+        funding.reserved_tokens = 0
+
+
+@transaction.atomic(durable=True)
+def relay_fund(*, admission: Admission, candidate: Candidate) -> bool:
+    """Pay for a fallback attempt at `candidate`, giving back the last attempt's reservation."""
+    funding = admission.funding
+    if funding is not None and funding.entitlement_id is None and not candidate.entitlement_ids:
+        admission.funded_endpoint_id = candidate.endpoint_id
+        return True  # the pay-as-you-go hold covers every pay-as-you-go candidate
+    _unreserve(admission)
+    admission.funding = None
+    return _fund(admission, candidate)
+
+
+@dataclass
+class Outcome:
+    status: str
+    tokens: Tokens = field(default_factory=Tokens)
+    is_estimated: bool = False
+    endpoint_id: int | None = None
+    provider_org_id: int | None = None
+    attempts: int = 1
+    ttft_ms: int | None = None
+    duration_ms: int = 0
+
+
+@transaction.atomic(durable=True)
+def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
+    """Charge the actual cost once (capped at the worst case held), give back the rest. Own txn."""
+    funding = admission.funding
+    cost = 0
+    if outcome.status == RelayRequest.Status.OK and funding is not None:
+        cost = min(
+            funding.worst_micro,
+            cost_micro(
+                tokens=outcome.tokens,
+                weights=funding.weights,
+                price_micro_per_m=funding.price_micro,
+            ),
+        )
+    entitlement_id = funding.entitlement_id if funding is not None else None
+    if entitlement_id is not None:
+        locks.row_for_update("settlement.Entitlement", entitlement_id)
+        _unreserve(admission)
+        if cost:
+            _draw_entitlement(admission, funding, outcome, cost)
+    if admission.hold_micro:
+        _lock_hold_and_accounts(
+            admission, outcome, is_capture=bool(cost and entitlement_id is None)
+        )
+        if cost and entitlement_id is None:
+            _capture_payg(admission, funding, outcome, cost)
+        hold_release(reference=admission.hold_reference)
+    _give_back_limits(admission, outcome, cost)
+    return RelayRequest.objects.create(
+        request_id=admission.request_id,
+        api_key_id=admission.api_key_id,
+        buyer_org_id=admission.org_id,
+        market_id=admission.market_id,
+        endpoint_id=outcome.endpoint_id,
+        provider_org_id=outcome.provider_org_id,
+        entitlement_id=entitlement_id,
+        model=admission.model,
+        kind=admission.kind,
+        status=outcome.status,
+        is_streamed=admission.is_streamed,
+        is_estimated=outcome.is_estimated,
+        input_tokens=outcome.tokens.input_tokens,
+        cached_input_tokens=outcome.tokens.cached_input_tokens,
+        output_tokens=outcome.tokens.output_tokens,
+        billable_tokens=outcome.tokens.billable(funding.weights) if funding else 0,
+        price_micro=funding.price_micro if funding else 0,
+        held_micro=funding.worst_micro if funding else 0,
+        cost_micro=cost,
+        attempts=outcome.attempts,
+        ttft_ms=outcome.ttft_ms,
+        duration_ms=outcome.duration_ms,
+    )
+
+
+def _lock_hold_and_accounts(admission: Admission, outcome: Outcome, *, is_capture: bool) -> None:
+    """Lock the hold, then every account the capture and the release touch, by ascending id.
+
+    The capture posts held -> earned/fees and the release held -> available: locking them one
+    posting at a time would take `held` before `available`, against another request's hold_place
+    taking them in id order, and the two would deadlock.
+    """
+    locks.hold_for_update(reference=admission.hold_reference)
+    ids = [
+        _account_id(admission.org_id, LedgerAccount.Kind.AVAILABLE),
+        _account_id(admission.org_id, LedgerAccount.Kind.HELD),
+    ]
+    if is_capture:
+        ids += [
+            _account_id(outcome.provider_org_id, LedgerAccount.Kind.EARNED),
+            _account_id(None, LedgerAccount.Kind.FEES),
+        ]
+    locks.ledger_accounts_for_update(ids)
+
+
+# Ledger account ids never change once an account exists (accounts are never deleted), so each
+# relay process remembers them instead of looking them up on every request.
+_account_ids: dict[tuple[int | None, str], int] = {}
+
+
+def _account_id(org_id: int | None, kind: str) -> int:
+    key = (org_id, kind)
+    if key not in _account_ids:
+        if org_id is None:
+            _account_ids[key] = platform_account(kind=kind).id
+        else:
+            _account_ids[key] = org_accounts(org_id=org_id, kinds=[kind])[kind].id
+    return _account_ids[key]
+
+
+def _capture_payg(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> None:
+    fee = bp_floor(cost, funding.provider_fee_bp)
+    postings = [
+        Posting(_account_id(outcome.provider_org_id, LedgerAccount.Kind.EARNED), cost - fee)
+    ]
+    if fee:
+        postings.append(Posting(_account_id(None, LedgerAccount.Kind.FEES), fee))
+    postings = [posting for posting in postings if posting.amount_micro > 0]
+    hold_capture(
+        reference=admission.hold_reference,
+        postings=postings,
+        capture_key="settle",
+        kind=LedgerTransaction.Kind.PAYG,
+    )
+
+
+def _draw_entitlement(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> None:
+    """Count the tokens against the entitlement; settlement moves escrow to the provider later."""
+    billable = outcome.tokens.billable(funding.weights)
+    Entitlement.objects.filter(
+        pk=funding.entitlement_id, tokens_used__lte=F("tokens_bought") - billable
+    ).update(tokens_used=F("tokens_used") + billable)
+
+
+def _give_back_limits(admission: Admission, outcome: Outcome, cost: int) -> None:
+    if admission.tokens_taken:
+        limits.counter_give_back(
+            api_key_id=admission.api_key_id,
+            kind=KeyCounter.Kind.TOKENS,
+            window_start=admission.tokens_window,
+            amount=admission.tokens_taken - min(outcome.tokens.total, admission.tokens_taken),
+        )
+    if admission.spend_taken_micro:
+        limits.counter_give_back(
+            api_key_id=admission.api_key_id,
+            kind=KeyCounter.Kind.SPEND,
+            window_start=admission.spend_window,
+            amount=admission.spend_taken_micro - min(cost, admission.spend_taken_micro),
+        )
+
+
+# Longer than any request may take (streams included), so only what a dead process left behind
+# is swept.
+STALE_AFTER = timedelta(hours=1)
+
+
+def relay_stale_release(*, older_than: timedelta = STALE_AFTER) -> int:
+    """Give back what relay processes that died mid-request left set aside; returns the count.
+
+    Each hold is released in its own transaction (a hold is its own unit of money); the
+    reservations are deleted in one statement. Safe to run twice: a released hold is closed.
+    """
+    cutoff = timezone.now() - older_than
+    swept, _ = EntitlementReservation.objects.filter(created_at__lt=cutoff).delete()
+    stale = Hold.objects.filter(
+        reference__startswith="relay:", status=Hold.Status.OPEN, created_at__lt=cutoff
+    ).values_list("reference", flat=True)
+    for reference in list(stale):
+        with transaction.atomic(durable=True):
+            hold_release(reference=reference)
+        swept += 1
+    return swept
