@@ -77,6 +77,14 @@ def django_setup(url: str, *, migrate: bool = False) -> None:
         call_command("migrate", verbosity=0)
 
 
+def _debian_pgbench() -> str:
+    """Debian keeps pgbench beside its server, off PATH, under the server's major version."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
+    if not found:
+        raise RuntimeError("pgbench is not installed (Debian: apt-get install postgresql-contrib)")
+    return str(found[-1])
+
+
 class Pgbench:
     """pgbench's TPC-B on its own scratch database: initialise once, run as often as needed."""
 
@@ -84,7 +92,7 @@ class Pgbench:
         self.url = url
         parsed = urlparse(url)
         self.dbname = parsed.path.lstrip("/")
-        executable = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+        executable = shutil.which("pgbench") or _debian_pgbench()
         self.base = [executable, "-h", parsed.hostname or "127.0.0.1"]
         self.base += ["-p", str(parsed.port or 5432)]
         if parsed.username:

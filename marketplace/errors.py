@@ -11,6 +11,11 @@ class MarketNotFound(NotFound):
     default_message = "No such market."
 
 
+class TierNotFound(NotFound):
+    code = "tier_not_found"
+    default_message = "No such model tier."
+
+
 class MarketHalted(Conflict):
     code = "market_halted"
     default_message = "Trading in this market is halted; open orders stay on the book."

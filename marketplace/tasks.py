@@ -6,10 +6,14 @@ consume the match queues (`celery worker -Q celery,match-0,…`) or placed order
 """
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from celery.contrib.django.task import DjangoTask
 from django.conf import settings
+from django.utils import timezone
+
+from marketplace.models import Market, Order
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +57,28 @@ def market_match_task(self, market_id: int):
         logger.warning("match run for market %s failed: %r", market_id, error)
         countdown = min(RETRY_MAX_S, RETRY_BASE_S * 2**self.request.retries)
         raise self.retry(exc=error, countdown=countdown) from error
+
+
+# A pending order older than this has lost its match task (a worker killed before it acked, or
+# retries used up): the sweep queues its market again.
+STALE_PENDING_AFTER_S = 30
+
+
+@shared_task(acks_late=True, time_limit=60, soft_time_limit=50)
+def markets_match_sweep_task() -> list[int]:
+    """Queue a match for every open market with orders pending too long. Safe to run twice."""
+    cutoff = timezone.now() - timedelta(seconds=STALE_PENDING_AFTER_S)
+    market_ids = sorted(
+        Order.objects.filter(
+            status=Order.Status.PENDING,
+            created_at__lt=cutoff,
+            market__status=Market.Status.OPEN,
+        )
+        .values_list("market_id", flat=True)
+        .distinct()
+    )
+    for market_id in market_ids:
+        market_match_task.delay(market_id)
+    if market_ids:
+        logger.info("queued a match for markets with stale pending orders: %s", market_ids)
+    return market_ids

@@ -5,6 +5,15 @@ string; lots and tokens are integers. A market is named by its symbol ("FRONTIER
 """
 
 from marketplace.apis.endpoints import EndpointCollectionApi
+from marketplace.apis.marketdata import (
+    MarketBookApi,
+    MarketCandleListApi,
+    MarketTickerApi,
+    MarketTradeListApi,
+    TierIndexHistoryApi,
+    TierIndexListApi,
+    TradeListApi,
+)
 from marketplace.apis.markets import MarketDetailApi, MarketListApi
 from marketplace.apis.orders import (
     OrderCancelAllApi,
@@ -17,12 +26,19 @@ from marketplace.apis.orders import (
 
 __all__ = [
     "EndpointCollectionApi",
+    "MarketBookApi",
+    "MarketCandleListApi",
     "MarketDetailApi",
     "MarketListApi",
+    "MarketTickerApi",
+    "MarketTradeListApi",
     "OrderCancelAllApi",
     "OrderCancelApi",
     "OrderCollectionApi",
     "OrderDetailApi",
     "OrderPreviewApi",
     "OrderReduceApi",
+    "TierIndexHistoryApi",
+    "TierIndexListApi",
+    "TradeListApi",
 ]

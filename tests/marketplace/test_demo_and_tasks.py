@@ -3,12 +3,19 @@
 import io
 import sys
 import types
+from datetime import timedelta
 
 from django.core.management import call_command
+from django.utils import timezone
 
 from accounts.models import Org
-from marketplace.models import Market, ModelTier, ProviderEndpoint, Region
-from marketplace.tasks import market_match_task
+from marketplace.models import Market, ModelTier, Order, ProviderEndpoint, Region
+from marketplace.services import order_place
+from marketplace.tasks import (
+    STALE_PENDING_AFTER_S,
+    market_match_task,
+    markets_match_sweep_task,
+)
 
 
 def test_demo_markets_loads_five_tiers_in_four_regions_and_is_idempotent(db):
@@ -45,3 +52,28 @@ def test_the_match_task_runs_the_engine_for_its_market(market, monkeypatch):
     market_match_task(market.id)
 
     assert calls == [market.id]
+
+
+def test_the_sweep_queues_markets_whose_orders_waited_too_long(
+    market, seller, buyer, fund, django_capture_on_commit_callbacks, monkeypatch
+):
+    fund(buyer.org.id, 100_000_000)
+    with django_capture_on_commit_callbacks(execute=False):
+        stale = order_place(
+            principal=buyer, market_id=market.id, side="buy", lots=10, price_micro=5_000_000
+        )
+        order_place(
+            principal=seller, market_id=market.id, side="sell", lots=10, price_micro=5_500_000
+        )
+    queued = []
+    monkeypatch.setattr(market_match_task, "delay", queued.append)
+    assert markets_match_sweep_task() == []  # both are fresh: their own tasks are on the way
+
+    Order.objects.filter(pk=stale.pk).update(
+        created_at=timezone.now() - timedelta(seconds=STALE_PENDING_AFTER_S + 1)
+    )
+    assert markets_match_sweep_task() == [market.id]
+    assert queued == [market.id]
+
+    Market.objects.filter(pk=market.id).update(status=Market.Status.HALTED)
+    assert markets_match_sweep_task() == []

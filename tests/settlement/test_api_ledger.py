@@ -1,7 +1,8 @@
 """GET /api/v1/ledger: the org's entries newest first, in cursor pages, with filters."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.db import transaction
@@ -118,6 +119,14 @@ def test_created_after_and_before_split_the_history(buyer, api_for, history):
     before = [e["id"] for e in _ledger(client, created_before=moment)]
     assert after == history.entry_ids[:3]
     assert before == history.entry_ids[3:]
+
+
+def test_a_far_utc_offset_is_compared_in_utc(buyer, api_for, history):
+    # +21:48 is valid ISO 8601 but out of PostgreSQL's offset range; it must not be a 500.
+    client = api_for(buyer, scopes=["read"])
+    moment = history.between_holds.astimezone(dt_timezone(timedelta(hours=21, minutes=48)))
+    after = [e["id"] for e in _ledger(client, created_after=moment.isoformat())]
+    assert after == history.entry_ids[:3]
 
 
 def test_another_orgs_entries_never_show(provider, api_for, history):
