@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from settlement.console import settlement_dashboard
 from settlement.views import stripe_webhook
 
 api_v1 = [
@@ -21,6 +22,13 @@ urlpatterns = [
     ),
     path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
     path("relay/", include("relay.urls")),
+    # The settlement console's dashboard: an admin page that belongs to no one model, so it is
+    # routed here, ahead of the admin's own URLs, and guarded by the admin's staff check.
+    path(
+        "admin/settlement/dashboard/",
+        admin.site.admin_view(settlement_dashboard),
+        name="settlement-dashboard",
+    ),
     path("admin/", admin.site.urls),
     path("", include("portal.urls")),
 ]

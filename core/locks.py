@@ -1,20 +1,43 @@
 """Every row lock the project takes, in one place, so the order is always the same.
 
-The order is: market, then a provider's endpoints, then order, then hold, then ledger accounts
-by ascending id. Two transactions that lock in the same order can wait on each other but never
-deadlock. Models are looked up by name so this module stays free of business imports (DESIGN.md
-import direction).
+The order is: market, then a provider's endpoints, then order, then entitlements, then
+pay-as-you-go meters, then top-ups (a withdrawal's refunds), then hold, then ledger accounts,
+each kind by ascending id. Two transactions that lock in the same order can wait on each other
+but never deadlock. Models are looked up by name so this module stays free of business imports
+(DESIGN.md import direction).
 """
 
 from collections.abc import Iterable
 
 from django.apps import apps
 from django.db import connection
+from django.db.models import Q
 
 
 def _require_transaction() -> None:
     if not connection.in_atomic_block:
         raise RuntimeError("row locks are only meaningful inside a transaction")
+
+
+def _matching_for_update(model_label: str, match: Q) -> list:
+    _require_transaction()
+    model = apps.get_model(model_label)
+    return list(model.objects.select_for_update().filter(match).order_by("id"))
+
+
+def entitlements_for_update(match: Q) -> list:
+    """Lock the entitlements `match` selects, by ascending id (after orders, before meters)."""
+    return _matching_for_update("settlement.Entitlement", match)
+
+
+def payg_meters_for_update(match: Q) -> list:
+    """Lock the pay-as-you-go meters `match` selects, by id (after entitlements, before holds)."""
+    return _matching_for_update("settlement.PaygMeter", match)
+
+
+def topups_for_update(match: Q) -> list:
+    """Lock the top-ups `match` selects, by ascending id (before holds and ledger accounts)."""
+    return _matching_for_update("settlement.TopUp", match)
 
 
 def hold_for_update(*, reference: str):

@@ -7,8 +7,10 @@ Listing
   It carries the contract spec every order and trade in it follows: `lot_tokens` billable tokens
   per lot, prices in micro-USD per 1M billable tokens on a `tick_micro` grid within `band_bp` of
   the reference price, `min_lots`..`max_lots` per order, the billable weights, the fees and the
-  delivery terms. `lot_tokens x tick_micro` is a multiple of 1,000,000, so the notional of every
-  lot at every allowed price is a whole number of micro-USD and no order ever needs rounding.
+  delivery terms, and its reconciliation terms (a tolerance in bp with a floor in tokens, and
+  the grace period for usage reports). `lot_tokens x tick_micro` is a multiple of 1,000,000,
+  so the notional of every lot at every allowed price is a whole number of micro-USD and no
+  order ever needs rounding.
   `last_sequence` is the matching engine's counter of processed orders; `book_version` is bumped
   by every change to the book made outside the engine (cancel, reduce), so the engine can tell
   that the book it keeps in memory is stale.
@@ -171,6 +173,17 @@ class Market(models.Model):
         max_length=8, choices=ExpiryPolicy.choices, default=ExpiryPolicy.REFUND
     )
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    # Reconciliation: a pair's hour settles on the primary meter when every other report is
+    # within max(floor, primary x bp / 10,000) of it, once the reports' grace has passed.
+    reconcile_tolerance_bp = models.PositiveIntegerField(
+        default=200, help_text="How far another report may be from the primary meter, in bp."
+    )
+    reconcile_floor_tokens = models.BigIntegerField(
+        default=1_000, help_text="A difference up to this many billable tokens always passes."
+    )
+    report_grace_minutes = models.PositiveIntegerField(
+        default=60, help_text="How long after an hour ends its reports may still arrive."
+    )
     last_sequence = models.BigIntegerField(default=0, help_text="Orders the engine has processed.")
     book_version = models.BigIntegerField(
         default=0, help_text="Bumped by every book change made outside the engine."
@@ -217,6 +230,12 @@ class Market(models.Model):
             ),
             _choices_check("status", MarketStatus, "market_status_valid"),
             _choices_check("expiry_policy", ExpiryPolicy, "market_expiry_policy_valid"),
+            models.CheckConstraint(
+                condition=Q(reconcile_tolerance_bp__lte=BP_PER_UNIT)
+                & Q(reconcile_floor_tokens__gte=0)
+                & Q(report_grace_minutes__lte=7 * 24 * 60),
+                name="market_reconciliation_terms_valid",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ reason are kept on the ledger transaction and in the admin log.
 import json
 import logging
 import uuid
+from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -23,19 +24,38 @@ from accounts.models import Org
 from core.errors import ApplicationError, InsufficientFunds
 from core.units import UnitError, money_display, money_parse
 from settlement.models import (
+    Discrepancy,
     Hold,
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
+    Payout,
+    PayoutAccount,
+    SettlementAudit,
+    SettlementRun,
+    StatementLine,
     StripeEvent,
     TopUp,
+    UsageDraw,
+    UsageRecord,
+    Withdrawal,
+    WithdrawalRefund,
 )
-from settlement.services import ledger_adjust
+from settlement.services import (
+    discrepancy_resolve,
+    ledger_adjust,
+    payout_retry,
+    settlement_run,
+)
 from settlement.services.ledger import ADJUSTABLE_KINDS
 from settlement.tasks import stripe_event_process_task
 
 logger = logging.getLogger(__name__)
 Kind = LedgerAccount.Kind
+
+# The admin's front page with the way to the settlement console. Set on the site because
+# django.contrib.admin's own templates come first, so an app can't override admin/index.html.
+admin.site.index_template = "admin/settlement/index.html"
 MAKE_ADJUSTMENT = "settlement.make_adjustment"
 
 
@@ -444,3 +464,417 @@ class OrgWithLedgerAdmin(OrgAdmin):
             messages.SUCCESS,
         )
         return redirect(change_url)
+
+
+@admin.register(PayoutAccount)
+class PayoutAccountAdmin(ReadOnlyAdmin):
+    list_display = ("org", "stripe_account_id", "onboarding_status", "schedule", "minimum")
+    list_filter = ("onboarding_status", "schedule")
+    search_fields = ("org__name", "stripe_account_id")
+    list_select_related = ("org",)
+    fields = (
+        "org",
+        "stripe_account_id",
+        "onboarding_status",
+        "schedule",
+        "minimum",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="payout minimum", ordering="payout_minimum_micro")
+    def minimum(self, obj: PayoutAccount) -> str:
+        return _money(obj.payout_minimum_micro)
+
+
+@admin.register(Payout)
+class PayoutAdmin(ReadOnlyAdmin):
+    list_display = ("id", "org", "amount", "status", "origin", "stripe_transfer_id", "created_at")
+    list_filter = ("status", "origin")
+    search_fields = ("org__name", "stripe_transfer_id", "stripe_account_id", "idempotency_key")
+    list_select_related = ("org",)
+    date_hierarchy = "created_at"
+    fields = (
+        "org",
+        "requested_by",
+        "amount",
+        "currency",
+        "status",
+        "origin",
+        "failure_reason",
+        "reversed",
+        "stripe_account_id",
+        "stripe_transfer_id",
+        "idempotency_key",
+        "send_attempts",
+        "created_at",
+        "sent_at",
+        "paid_at",
+        "failed_at",
+        "ledger",
+    )
+    readonly_fields = fields
+    actions = ("send_again",)
+
+    @admin.display(description="amount", ordering="amount_micro")
+    def amount(self, obj: Payout) -> str:
+        return _money(obj.amount_micro)
+
+    @admin.display(description="reversed")
+    def reversed(self, obj: Payout) -> str:
+        return _money(obj.reversed_micro)
+
+    @admin.display(description="ledger")
+    def ledger(self, obj: Payout) -> str:
+        url = _changelist(LedgerTransaction, reference__exact=obj.ledger_reference)
+        return format_html('<a href="{}">Transactions of this payout</a>', url)
+
+    def has_retry_permission(self, request) -> bool:
+        # Moves money (earned → a new payout), so it takes a deliberate grant.
+        return request.user.has_perm("settlement.change_payout")
+
+    @admin.action(
+        description="Send the selected failed payouts again (as new payouts)", permissions=["retry"]
+    )
+    def send_again(self, request, queryset) -> None:
+        sent = 0
+        for payout in queryset.order_by("id"):
+            try:
+                new = payout_retry(payout_id=payout.id, actor=request.user)
+            except ApplicationError as error:
+                self.message_user(request, f"Payout #{payout.id}: {error.message}", messages.ERROR)
+                continue
+            self.log_change(request, payout, f"Sent again as payout #{new.id}.")
+            sent += 1
+        self.message_user(request, f"Sent {sent} payout(s) again.", messages.SUCCESS)
+
+
+class WithdrawalRefundInline(ReadOnlyInline):
+    model = WithdrawalRefund
+    fields = ("topup", "amount", "status", "stripe_refund_id", "failure_reason", "send_attempts")
+    readonly_fields = fields
+
+    @admin.display(description="amount")
+    def amount(self, obj: WithdrawalRefund) -> str:
+        return _money(obj.amount_micro)
+
+
+@admin.register(Withdrawal)
+class WithdrawalAdmin(ReadOnlyAdmin):
+    list_display = ("id", "org", "amount", "status", "refunded", "returned", "created_at")
+    list_filter = ("status",)
+    search_fields = ("org__name", "idempotency_key", "refunds__stripe_refund_id")
+    list_select_related = ("org",)
+    date_hierarchy = "created_at"
+    fields = (
+        "org",
+        "requested_by",
+        "amount",
+        "currency",
+        "status",
+        "refunded",
+        "returned",
+        "idempotency_key",
+        "created_at",
+        "completed_at",
+        "ledger",
+    )
+    readonly_fields = fields
+    inlines = (WithdrawalRefundInline,)
+
+    @admin.display(description="amount", ordering="amount_micro")
+    def amount(self, obj: Withdrawal) -> str:
+        return _money(obj.amount_micro)
+
+    @admin.display(description="refunded")
+    def refunded(self, obj: Withdrawal) -> str:
+        return _money(obj.refunded_micro)
+
+    @admin.display(description="returned to available")
+    def returned(self, obj: Withdrawal) -> str:
+        return _money(obj.returned_micro)
+
+    @admin.display(description="ledger")
+    def ledger(self, obj: Withdrawal) -> str:
+        url = _changelist(LedgerTransaction, reference__exact=obj.hold_reference)
+        return format_html('<a href="{}">Transactions of this withdrawal</a>', url)
+
+
+class UsageDrawInline(ReadOnlyInline):
+    model = UsageDraw
+    fields = ("entitlement", "tokens", "covered_tokens", "created_at")
+    readonly_fields = fields
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    """What each source reported; the primary records also show how they were paid for."""
+
+    list_display = (
+        "id",
+        "source",
+        "request_id",
+        "market",
+        "buyer_org",
+        "provider_org",
+        "billable_tokens",
+        "is_primary",
+        "payg_cost",
+        "unfunded",
+        "ended_at",
+    )
+    list_filter = ("source", "is_primary", "is_estimated", "market")
+    search_fields = ("request_id", "buyer_org__name", "provider_org__name")
+    list_select_related = ("market", "buyer_org", "provider_org")
+    date_hierarchy = "ended_at"
+    readonly_fields = [field.name for field in UsageRecord._meta.fields]
+    inlines = (UsageDrawInline,)
+
+    @admin.display(description="pay-as-you-go cost", ordering="payg_cost_micro")
+    def payg_cost(self, obj: UsageRecord) -> str:
+        return _money(obj.payg_cost_micro)
+
+    @admin.display(description="unfunded", ordering="unfunded_micro")
+    def unfunded(self, obj: UsageRecord) -> str:
+        return _money(obj.unfunded_micro)
+
+
+RUN_SETTLEMENT = "settlement.run_settlement"
+RESOLVE_DISCREPANCY = "settlement.change_discrepancy"
+
+
+def _staff_form(admin_view, request, *, form, title, submit_label, intro="", facts=()):
+    context = {
+        **admin_view.admin_site.each_context(request),
+        "opts": admin_view.opts,
+        "changelist_url": f"admin:settlement_{admin_view.opts.model_name}_changelist",
+        "title": title,
+        "intro": intro,
+        "facts": facts,
+        "form": form,
+        "submit_label": submit_label,
+    }
+    return TemplateResponse(request, "admin/settlement/settlement_form.html", context)
+
+
+class SettlementRunForm(forms.Form):
+    period_start = forms.DateTimeField(
+        help_text="UTC, on the hour (2026-01-05 14:00). The run settles from that hour."
+    )
+    hours = forms.IntegerField(min_value=1, max_value=24 * 31, initial=1)
+
+
+@admin.register(SettlementRun)
+class SettlementRunAdmin(ReadOnlyAdmin):
+    list_display = (
+        "period_start",
+        "period_end",
+        "status",
+        "attempts",
+        "pair_hours_settled",
+        "pair_hours_held",
+        "pair_hours_pending",
+        "delivered",
+        "refunded",
+        "started_by",
+        "finished_at",
+    )
+    list_filter = ("status",)
+    date_hierarchy = "period_start"
+    readonly_fields = [*(field.name for field in SettlementRun._meta.fields), "statement"]
+    actions = ("run_again",)
+
+    @admin.display(description="statement")
+    def statement(self, obj: SettlementRun) -> str:
+        return format_html(
+            '<a href="{}">{} per-org statement lines</a>',
+            _changelist(StatementLine, run__id__exact=obj.pk),
+            obj.statement.count(),
+        )
+
+    @admin.display(description="delivered", ordering="delivered_micro")
+    def delivered(self, obj: SettlementRun) -> str:
+        return _money(obj.delivered_micro)
+
+    @admin.display(description="refunded", ordering="refunded_micro")
+    def refunded(self, obj: SettlementRun) -> str:
+        return _money(obj.refunded_micro)
+
+    def has_run_permission(self, request) -> bool:
+        user = request.user
+        return user.is_active and user.is_staff and user.has_perm(RUN_SETTLEMENT)
+
+    def get_urls(self):
+        run_now = path(
+            "run/", self.admin_site.admin_view(self.run_view), name="settlement_settlementrun_run"
+        )
+        return [run_now, *super().get_urls()]
+
+    @admin.action(description="Run the selected periods again (failed ones)", permissions=["run"])
+    def run_again(self, request, queryset) -> None:
+        for run in queryset.order_by("period_start"):
+            self._run(request, run.period_start, run.period_end)
+
+    def run_view(self, request):
+        if not self.has_run_permission(request):
+            raise PermissionDenied
+        form = SettlementRunForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            start = form.cleaned_data["period_start"]
+            end = start + timedelta(hours=form.cleaned_data["hours"])
+            if self._run(request, start, end):
+                return redirect(reverse("admin:settlement_settlementrun_changelist"))
+        return _staff_form(
+            self,
+            request,
+            form=form,
+            title="Run settlement now",
+            submit_label="Run settlement",
+            intro="A run is idempotent per period: a settled period is not paid again.",
+        )
+
+    def _run(self, request, start, end) -> bool:
+        try:
+            run = settlement_run(period_start=start, period_end=end, actor=request.user)
+        except ApplicationError as error:
+            self.message_user(request, error.message, messages.ERROR)
+            return False
+        note = f"Settlement requested: {run.status}, {run.tokens_settled:,} tokens settled."
+        self.log_change(request, run, note)
+        self.message_user(request, f"{run}: {run.tokens_settled:,} tokens settled.", messages.INFO)
+        return True
+
+
+class DiscrepancyResolveForm(forms.Form):
+    resolution = forms.ChoiceField(choices=Discrepancy.Resolution.choices, widget=forms.RadioSelect)
+    tokens = forms.IntegerField(
+        required=False, min_value=0, help_text="Billable tokens; only for a stated figure."
+    )
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Kept in the settlement audit and shown to both orgs.",
+    )
+
+
+@admin.register(Discrepancy)
+class DiscrepancyAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "hour",
+        "market",
+        "buyer_org",
+        "provider_org",
+        "primary_tokens",
+        "other_tokens",
+        "source",
+        "status",
+        "resolve_link",
+    )
+    list_filter = ("status", "source", "is_missing")
+    list_select_related = ("market", "buyer_org", "provider_org")
+    # A queue: the open ones first ("open" sorts before "resolved"), the oldest hour first.
+    ordering = ("status", "hour", "id")
+    search_fields = ("buyer_org__name", "provider_org__name", "market__symbol")
+    readonly_fields = [field.name for field in Discrepancy._meta.fields]
+
+    def can_resolve(self, request) -> bool:
+        user = request.user
+        return user.is_active and user.is_staff and user.has_perm(RESOLVE_DISCREPANCY)
+
+    @admin.display(description="resolve")
+    def resolve_link(self, obj: Discrepancy) -> str:
+        if not obj.is_open:
+            return obj.get_resolution_display()
+        url = reverse("admin:settlement_discrepancy_resolve", args=[obj.pk])
+        return format_html('<a href="{}">Resolve</a>', url)
+
+    def get_urls(self):
+        resolve = path(
+            "<int:discrepancy_id>/resolve/",
+            self.admin_site.admin_view(self.resolve_view),
+            name="settlement_discrepancy_resolve",
+        )
+        return [resolve, *super().get_urls()]
+
+    def resolve_view(self, request, discrepancy_id: int):
+        if not self.can_resolve(request):
+            raise PermissionDenied
+        discrepancy = get_object_or_404(Discrepancy, pk=discrepancy_id)
+        form = DiscrepancyResolveForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                discrepancy_resolve(
+                    actor=request.user,
+                    discrepancy_id=discrepancy.id,
+                    resolution=data["resolution"],
+                    tokens=data["tokens"],
+                    reason=data["reason"],
+                )
+            except ApplicationError as error:
+                _show_service_error(form, error)
+            else:
+                self.log_change(
+                    request, discrepancy, f"Resolved: {data['resolution']}. {data['reason']}"
+                )
+                self.message_user(request, f"{discrepancy} resolved.", messages.SUCCESS)
+                return redirect(reverse("admin:settlement_discrepancy_changelist"))
+        facts = (
+            ("hour", discrepancy.hour),
+            ("buyer", discrepancy.buyer_org),
+            ("provider", discrepancy.provider_org),
+            ("primary meter", f"{discrepancy.primary_tokens:,} tokens"),
+            (discrepancy.get_source_display(), f"{discrepancy.other_tokens:,} tokens"),
+        )
+        return _staff_form(
+            self,
+            request,
+            form=form,
+            title=f"Resolve discrepancy #{discrepancy.pk}",
+            submit_label="Resolve",
+            intro="The next settlement run pays the hour on the figure you choose.",
+            facts=facts,
+        )
+
+
+@admin.register(StatementLine)
+class StatementLineAdmin(ReadOnlyAdmin):
+    list_display = ("run", "org", "account_kind", "opening", "credits", "debits", "closing")
+    list_filter = ("account_kind",)
+    search_fields = ("org__name",)
+    list_select_related = ("run", "org")
+    readonly_fields = [field.name for field in StatementLine._meta.fields]
+
+    @admin.display(description="opening")
+    def opening(self, obj: StatementLine) -> str:
+        return _money(obj.opening_micro)
+
+    @admin.display(description="credits")
+    def credits(self, obj: StatementLine) -> str:
+        return _money(obj.credits_micro)
+
+    @admin.display(description="debits")
+    def debits(self, obj: StatementLine) -> str:
+        return _money(obj.debits_micro)
+
+    @admin.display(description="closing")
+    def closing(self, obj: StatementLine) -> str:
+        return _money(obj.closing_micro)
+
+
+@admin.register(SettlementAudit)
+class SettlementAuditAdmin(ReadOnlyAdmin):
+    """Who resolved which discrepancy or started which run, when, and why."""
+
+    list_display = ("created_at", "actor", "action", "discrepancy", "run", "short_reason")
+    list_filter = ("action",)
+    search_fields = ("actor__email", "reason")
+    list_select_related = ("actor", "discrepancy", "run")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
+    readonly_fields = [field.name for field in SettlementAudit._meta.fields]
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: SettlementAudit) -> str:
+        return obj.reason if len(obj.reason) <= 60 else obj.reason[:59] + "…"

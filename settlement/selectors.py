@@ -1,11 +1,29 @@
-"""Reads for settlement: balances, ledger history, top-ups. Never write."""
+"""Reads for settlement: balances, ledger history, top-ups, entitlements. Never write."""
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from django.db.models import F, QuerySet, Sum
+from django.apps import apps
+from django.db.models import F, Min, Q, QuerySet, Sum
+from django.utils import timezone
 
-from settlement.errors import TopUpNotFound
-from settlement.models import Entitlement, LedgerAccount, LedgerEntry, TopUp
+from accounts.models import Org
+from core.errors import ValidationFailed
+from core.units import TOKENS_PER_PRICE_UNIT, div_floor
+from settlement.errors import (
+    CreditBuyerNotFound,
+    CreditNotAProvider,
+    TopUpNotFound,
+    UsageMarketNotFound,
+)
+from settlement.models import (
+    Discrepancy,
+    Entitlement,
+    LedgerAccount,
+    LedgerEntry,
+    PaygMeter,
+    TopUp,
+)
 from settlement.models.ledger import CURRENCY_USD
 
 Kind = LedgerAccount.Kind
@@ -79,3 +97,231 @@ def entitlement_undelivered_tokens(*, provider_org_id: int, market_id: int) -> i
         provider_org_id=provider_org_id, market_id=market_id, status=Entitlement.Status.OPEN
     ).aggregate(tokens=Sum(F("tokens_bought") - F("tokens_used")))["tokens"]
     return total or 0
+
+
+ENTITLEMENT_ROLES = ("buyer", "provider")
+
+
+def entitlement_list(
+    *,
+    org_id: int,
+    role: str = "buyer",
+    market_id: int | None = None,
+    market_symbol: str | None = None,
+    status: str | None = None,
+) -> QuerySet[Entitlement]:
+    """The entitlements the org bought (role "buyer") or sold (role "provider"), newest first.
+
+    Other orgs' entitlements never show: the org is always one side of each row. The market is
+    named by id or by symbol (a lookup by name: settlement does not import the marketplace).
+    """
+    if role == "buyer":
+        entitlements = Entitlement.objects.filter(buyer_org_id=org_id)
+    elif role == "provider":
+        entitlements = Entitlement.objects.filter(provider_org_id=org_id)
+    else:
+        raise ValidationFailed(
+            "role must be buyer or provider.", fields={"role": ["Choose buyer or provider."]}
+        )
+    if market_id is not None:
+        entitlements = entitlements.filter(market_id=market_id)
+    if market_symbol is not None:
+        entitlements = entitlements.filter(market__symbol=market_symbol.upper())
+    if status is not None:
+        entitlements = entitlements.filter(status=status)
+    return entitlements.select_related("market").order_by("-id")
+
+
+# Pay-as-you-go reference price (DESIGN.md "Money flow" 6). The rule, in order:
+# 1. `vwap_24h`: the volume-weighted average price of the market's trades in the last 24 hours
+#    (the ticker's window, so the buyer can see the price on the market page), rounded down;
+# 2. `best_ask`: the lowest open ask on the book;
+# 3. `list`: the market's list price (`reference_price_micro`).
+# Trades and orders are read by model name: settlement does not import the marketplace.
+REFERENCE_PRICE_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class ReferencePrice:
+    price_micro: int  # per 1M billable tokens
+    rule: str  # vwap_24h | best_ask | list
+
+
+def reference_price_get(*, market, now: datetime | None = None) -> ReferencePrice:
+    """The market's pay-as-you-go price now: recent VWAP, else best ask, else the list price."""
+    now = now or timezone.now()
+    trade_model = apps.get_model("marketplace", "Trade")
+    figures = trade_model.objects.filter(
+        market_id=market.id, created_at__gt=now - REFERENCE_PRICE_WINDOW, created_at__lte=now
+    ).aggregate(notional=Sum("notional_micro"), tokens=Sum("tokens"))
+    if figures["tokens"]:
+        price, _ = div_floor(figures["notional"] * TOKENS_PER_PRICE_UNIT, figures["tokens"])
+        if price > 0:
+            return ReferencePrice(price_micro=price, rule="vwap_24h")
+    order_model = apps.get_model("marketplace", "Order")
+    best_ask = order_model.objects.filter(
+        market_id=market.id, side=order_model.Side.SELL, status=order_model.Status.OPEN
+    ).aggregate(price=Min("price_micro"))["price"]
+    if best_ask:
+        return ReferencePrice(price_micro=best_ask, rule="best_ask")
+    return ReferencePrice(price_micro=market.reference_price_micro, rule="list")
+
+
+def payg_tokens_covered(*, available_micro: int, price_micro: int, remainder: int = 0) -> int:
+    """The most pay-as-you-go tokens whose cost, rounded cumulatively, `available_micro` covers.
+
+    Cost of t tokens = floor((remainder + t x price) / 10^6) <= available exactly when
+    t x price <= (available + 1) x 10^6 - 1 - remainder.
+    """
+    if available_micro < 0:
+        return 0
+    room = (available_micro + 1) * TOKENS_PER_PRICE_UNIT - 1 - remainder
+    tokens, _ = div_floor(max(room, 0), price_micro)
+    return tokens
+
+
+@dataclass(frozen=True)
+class Credit:
+    """What a buyer can still draw from one provider in one market, in billable tokens."""
+
+    buyer: Org
+    market: object
+    entitlement_tokens: int
+    payg_tokens: int
+    reference_price: ReferencePrice
+    unfunded_tokens: int
+    unfunded_micro: int
+
+    @property
+    def billable_tokens(self) -> int:
+        return self.entitlement_tokens + self.payg_tokens
+
+
+def credit_get(
+    *, provider_org: Org, buyer_slug: str, market_symbol: str, now: datetime | None = None
+) -> Credit:
+    """How many billable tokens `buyer_slug` can still draw from this provider in the market.
+
+    Entitlements left (open, unexpired) plus what the buyer's available balance covers at the
+    reference price. Only a provider with entitlements sold to the buyer in that market may ask;
+    for anyone else the buyer does not exist (404), so balances never leak to strangers.
+    """
+    now = now or timezone.now()
+    if not provider_org.is_provider:
+        raise CreditNotAProvider()
+    market_model = apps.get_model("marketplace", "Market")
+    market = market_model.objects.filter(symbol=market_symbol.upper()).first()
+    if market is None:
+        raise UsageMarketNotFound(f"No market {market_symbol}.")
+    buyer = Org.objects.filter(slug=buyer_slug.lower()).first()
+    pair = Entitlement.objects.filter(
+        provider_org_id=provider_org.id, market_id=market.id, buyer_org_id=getattr(buyer, "id", 0)
+    )
+    if buyer is None or not pair.exists():
+        raise CreditBuyerNotFound()
+    entitlement_tokens = (
+        pair.filter(status=Entitlement.Status.OPEN, expires_at__gt=now).aggregate(
+            left=Sum(F("tokens_bought") - F("tokens_used"))
+        )["left"]
+        or 0
+    )
+    meter = PaygMeter.objects.filter(
+        buyer_org_id=buyer.id, provider_org_id=provider_org.id, market_id=market.id
+    ).first()
+    price = reference_price_get(market=market, now=now)
+    payg_tokens = payg_tokens_covered(
+        available_micro=account_balance(org_id=buyer.id, kind=Kind.AVAILABLE),
+        price_micro=price.price_micro,
+        remainder=meter.remainder if meter else 0,
+    )
+    return Credit(
+        buyer=buyer,
+        market=market,
+        entitlement_tokens=entitlement_tokens,
+        payg_tokens=payg_tokens,
+        reference_price=price,
+        unfunded_tokens=meter.unfunded_tokens if meter else 0,
+        unfunded_micro=meter.unfunded_micro if meter else 0,
+    )
+
+
+# Statements and discrepancies (settlement runs). Appended here; see settlement/services/
+# settlement_runs.py for how a run writes them.
+
+
+@dataclass(frozen=True)
+class StatementRow:
+    """One org account over a period: opening + credits - debits = closing."""
+
+    org_id: int
+    account_kind: str
+    currency: str
+    opening_micro: int
+    credits_micro: int
+    debits_micro: int
+    movements: dict  # net micro-USD by ledger transaction kind; sums to credits - debits
+
+    @property
+    def closing_micro(self) -> int:
+        return self.opening_micro + self.credits_micro - self.debits_micro
+
+
+def statement_rows(
+    *, period_start: datetime, period_end: datetime, org_id: int | None = None
+) -> list[StatementRow]:
+    """Every org account's statement over [period_start, period_end), or one org's.
+
+    Entries count in the period they were created in. Two GROUP BYs over the ledger: the opening
+    balances (entries before the start) and the period's movements by transaction kind.
+    """
+    entries = LedgerEntry.objects.filter(account__org__isnull=False, created_at__lt=period_end)
+    if org_id is not None:
+        entries = entries.filter(account__org_id=org_id)
+    account = ("account_id", "account__org_id", "account__kind", "account__currency")
+    lines: dict[int, dict] = {}
+
+    def line(row: dict) -> dict:
+        return lines.setdefault(
+            row["account_id"],
+            {
+                "org_id": row["account__org_id"],
+                "account_kind": row["account__kind"],
+                "currency": row["account__currency"],
+                "opening_micro": 0,
+                "credits_micro": 0,
+                "debits_micro": 0,
+                "movements": {},
+            },
+        )
+
+    for row in (
+        entries.filter(created_at__lt=period_start)
+        .values(*account)
+        .annotate(total=Sum("amount_micro"))
+        .order_by()
+    ):
+        line(row)["opening_micro"] = row["total"]
+    for row in (
+        entries.filter(created_at__gte=period_start)
+        .values(*account, "transaction__kind")
+        .annotate(
+            credits=Sum("amount_micro", filter=Q(amount_micro__gt=0), default=0),
+            debits=Sum("amount_micro", filter=Q(amount_micro__lt=0), default=0),
+        )
+        .order_by()
+    ):
+        found = line(row)
+        found["credits_micro"] += row["credits"]
+        found["debits_micro"] -= row["debits"]
+        kind = row["transaction__kind"]
+        found["movements"][kind] = found["movements"].get(kind, 0) + row["credits"] + row["debits"]
+    rows = [StatementRow(**values) for values in lines.values()]
+    return sorted(rows, key=lambda r: (r.org_id, r.currency, r.account_kind))
+
+
+def discrepancy_list(*, org_id: int, status: str | None = None):
+    """The discrepancies of the org's pairs, as buyer or as provider, newest first."""
+    discrepancies = Discrepancy.objects.filter(Q(buyer_org_id=org_id) | Q(provider_org_id=org_id))
+    if status is not None:
+        discrepancies = discrepancies.filter(status=status)
+    return discrepancies.select_related("market").order_by("-id")

@@ -176,3 +176,146 @@ def webhook_event_verify(*, payload: bytes, signature_header: str) -> dict:
     if not isinstance(event.get("type"), str):
         raise WebhookPayloadInvalid("The event has no type.")
     return event
+
+
+# Connect (payouts) and refunds (withdrawals). A refusal (RequestRefused) is Stripe's final word on
+# that request: nothing was moved, and because the answer is stored under the idempotency key, a
+# retry would only hear it again. An outage (PaymentProviderError) is worth retrying with the
+# same key. Errors that are neither are our own bugs or configuration, and surface as such.
+
+
+@dataclass(frozen=True)
+class ConnectedAccountResult:
+    id: str
+
+
+@dataclass(frozen=True)
+class AccountLinkResult:
+    url: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    id: str
+    amount_cents: int
+    destination: str
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    id: str
+    status: str  # pending, requires_action, succeeded, failed or canceled
+    amount_cents: int
+    failure_reason: str = ""
+
+
+class RequestRefused(Exception):
+    """Stripe refused the request (a 4xx answer): nothing happened and retrying won't change it."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+_REFUSALS = (stripe.InvalidRequestError, stripe.PermissionError, stripe.CardError)
+
+
+def _refused(error: stripe.StripeError) -> RequestRefused:
+    logger.info("stripe refused a request: %s", error)
+    message = error.user_message or str(error) or "Stripe refused the request."
+    return RequestRefused(message[:500], error.code)
+
+
+def connected_account_create(
+    *, email: str, idempotency_key: str, metadata: dict[str, str]
+) -> ConnectedAccountResult:
+    """An Express connected account that can receive transfers."""
+    params = {
+        "type": "express",
+        "email": email,
+        "capabilities": {"transfers": {"requested": True}},
+        "metadata": metadata,
+    }
+    try:
+        account = _client().v1.accounts.create(
+            params=params, options={"idempotency_key": idempotency_key}
+        )
+    except _REFUSALS as error:
+        raise _refused(error) from error
+    except stripe.StripeError as error:
+        raise _provider_error(error) from error
+    return ConnectedAccountResult(id=account["id"])
+
+
+def account_link_create(*, account_id: str, refresh_url: str, return_url: str) -> AccountLinkResult:
+    """A fresh Express onboarding link.
+
+    No idempotency key: a link is single-use and expires within minutes, so a replayed answer
+    would hand back a dead link; a second link for the same account harms nothing.
+    """
+    params = {
+        "account": account_id,
+        "refresh_url": refresh_url,
+        "return_url": return_url,
+        "type": "account_onboarding",
+    }
+    try:
+        link = _client().v1.account_links.create(params=params)
+    except _REFUSALS as error:
+        raise _refused(error) from error
+    except stripe.StripeError as error:
+        raise _provider_error(error) from error
+    return AccountLinkResult(url=link["url"], expires_at=int(link["expires_at"]))
+
+
+def transfer_create(
+    *,
+    amount_cents: int,
+    currency: str,
+    destination: str,
+    idempotency_key: str,
+    metadata: dict[str, str],
+    transfer_group: str,
+) -> TransferResult:
+    """Move money from the platform's Stripe balance to a connected account."""
+    params = {
+        "amount": amount_cents,
+        "currency": currency.lower(),
+        "destination": destination,
+        "metadata": metadata,
+        "transfer_group": transfer_group,
+    }
+    try:
+        transfer = _client().v1.transfers.create(
+            params=params, options={"idempotency_key": idempotency_key}
+        )
+    except _REFUSALS as error:
+        raise _refused(error) from error
+    except stripe.StripeError as error:
+        raise _provider_error(error) from error
+    return TransferResult(
+        id=transfer["id"], amount_cents=int(transfer["amount"]), destination=destination
+    )
+
+
+def refund_create(
+    *, payment_intent_id: str, amount_cents: int, idempotency_key: str, metadata: dict[str, str]
+) -> RefundResult:
+    """Refund part of a PaymentIntent's charge to the card that paid it."""
+    params = {"payment_intent": payment_intent_id, "amount": amount_cents, "metadata": metadata}
+    try:
+        refund = _client().v1.refunds.create(
+            params=params, options={"idempotency_key": idempotency_key}
+        )
+    except _REFUSALS as error:
+        raise _refused(error) from error
+    except stripe.StripeError as error:
+        raise _provider_error(error) from error
+    return RefundResult(
+        id=refund["id"],
+        status=refund["status"],
+        amount_cents=int(refund["amount"]),
+        failure_reason=str(refund["failure_reason"] or "") if "failure_reason" in refund else "",
+    )

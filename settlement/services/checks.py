@@ -12,7 +12,10 @@ from settlement.models import (
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
+    Payout,
     TopUp,
+    UsageDraw,
+    UsageRecord,
 )
 
 Kind = LedgerAccount.Kind
@@ -161,8 +164,72 @@ def _topups_credited_once() -> list[str]:
     return problems
 
 
+def _payout_pending_matches_payouts_in_flight() -> list[str]:
+    """Each org's payout_pending is exactly the amount of its payouts not yet confirmed."""
+    in_flight_by_org = dict(
+        Payout.objects.filter(status__in=Payout.IN_FLIGHT)
+        .values("org_id")
+        .annotate(total=Sum("amount_micro"))
+        .values_list("org_id", "total")
+    )
+    pending_by_org = dict(
+        LedgerAccount.objects.filter(kind=Kind.PAYOUT_PENDING).values_list(
+            "org_id", "balance_micro"
+        )
+    )
+    problems = []
+    for org_id in sorted(set(in_flight_by_org) | set(pending_by_org)):
+        pending = pending_by_org.get(org_id, 0)
+        expected = in_flight_by_org.get(org_id, 0)
+        if pending != expected:
+            problems.append(
+                f"org {org_id} has {pending} payout_pending but its payouts in flight "
+                f"total {expected}"
+            )
+    return problems
+
+
 def _topup_ids(credited: dict) -> list[int]:
     return [int(reference.split(":", 1)[1]) for reference in credited]
+
+
+def _usage_matches_ledger_and_entitlements() -> list[str]:
+    """Pay-as-you-go records were charged exactly once, and draws stay within what was used.
+
+    An entitlement's tokens_used may exceed its usage draws (the relay draws directly), never
+    fall short of them.
+    """
+    charged = (
+        UsageRecord.objects.filter(payg_cost_micro__gt=0).aggregate(total=Sum("payg_cost_micro"))[
+            "total"
+        ]
+        or 0
+    )
+    debited = -(
+        LedgerEntry.objects.filter(
+            transaction__kind=LedgerTransaction.Kind.PAYG,
+            transaction__reference__startswith="usage:",
+            account__kind=Kind.AVAILABLE,
+        ).aggregate(total=Sum("amount_micro"))["total"]
+        or 0
+    )
+    problems = []
+    if charged != debited:
+        problems.append(
+            f"usage records charged {charged} pay-as-you-go but the ledger debited {debited}"
+        )
+    over = (
+        UsageDraw.objects.values("entitlement_id", "entitlement__tokens_used")
+        .annotate(drawn=Sum("tokens"))
+        .filter(drawn__gt=F("entitlement__tokens_used"))
+        .order_by("entitlement_id")[:50]
+    )
+    problems += [
+        f"entitlement {row['entitlement_id']} has draws of {row['drawn']} tokens but only "
+        f"{row['entitlement__tokens_used']} used"
+        for row in over
+    ]
+    return problems
 
 
 CHECKS = (
@@ -174,6 +241,8 @@ CHECKS = (
     _held_matches_open_holds,
     _escrow_matches_entitlements,
     _topups_credited_once,
+    _payout_pending_matches_payouts_in_flight,
+    _usage_matches_ledger_and_entitlements,
 )
 
 

@@ -7,6 +7,12 @@ events arriving out of order never credit or debit twice. An event that can't be
 refund before the payment it refunds) or at all (an amount that doesn't match) raises
 StripeEventNotApplied: the task marks it failed with the reason, retries with backoff, and the
 periodic redrive tries it again, so staff see it in the admin while it waits.
+
+Payouts and withdrawals (settlement.services.payouts) are finished here too: `transfer.*` confirm
+or reverse a payout, `account.updated` tracks a connected account's onboarding, and the refund
+events settle a withdrawal's refunds. `charge.refunded` reports a charge's cumulative refunds,
+ours and those made elsewhere (the dashboard): it books only the part that is not a withdrawal's,
+since a withdrawal's refund was held from `available` when it was requested.
 """
 
 import logging
@@ -18,8 +24,21 @@ from django.utils import timezone
 
 from core import locks
 from core.units import cents_to_micro
-from settlement.models import LedgerAccount, LedgerTransaction, StripeEvent, TopUp
+from settlement.models import (
+    LedgerAccount,
+    LedgerTransaction,
+    Payout,
+    StripeEvent,
+    TopUp,
+    WithdrawalRefund,
+)
 from settlement.services.ledger import Posting, ledger_post, org_account, platform_account
+from settlement.services.payouts import (
+    payout_account_sync,
+    payout_transfer_apply,
+    refund_status_from_stripe,
+    withdrawal_refund_apply,
+)
 
 logger = logging.getLogger(__name__)
 Kind = LedgerAccount.Kind
@@ -205,7 +224,12 @@ def _on_checkout_session_unpaid(event: dict) -> str:
 
 
 def _on_charge_refunded(event: dict) -> str:
-    """Debit a refund. Stripe reports the cumulative amount refunded, so deltas are exact.
+    """Debit a refund made outside the exchange. Stripe reports the cumulative amount refunded.
+
+    That amount includes our withdrawals' refunds, whose money left `available` when they were
+    requested and is booked by their own outcome (withdrawal_refund_apply): only the rest is
+    debited here, by its growth, so deltas are exact. While a withdrawal refund's outcome is not
+    recorded yet, nobody can tell whether the amount includes it: the event waits for it.
 
     Money the buyer already spent can't be taken back from `available`; that shortfall is the
     platform's loss and is booked to `adjustments`, visible for staff to follow up.
@@ -223,8 +247,24 @@ def _on_charge_refunded(event: dict) -> str:
         raise StripeEventNotApplied(
             f"top-up {topup.id} is {topup.status}; the refund waits for the payment's success"
         )
-    refunded_micro = min(cents_to_micro(int(charge.get("amount_refunded", 0))), topup.amount_micro)
-    delta_micro = refunded_micro - topup.refunded_micro
+    # The top-up is locked, and every change to its withdrawal refunds locks it first.
+    ours = list(WithdrawalRefund.objects.filter(topup=topup).values_list("status", "amount_micro"))
+    if any(status == WithdrawalRefund.Status.PENDING for status, _ in ours):
+        raise StripeEventNotApplied(
+            f"top-up {topup.id} has a withdrawal refund whose outcome is not recorded yet"
+        )
+    ours_at_stripe = sum(
+        amount
+        for status, amount in ours
+        if status in (WithdrawalRefund.Status.SENT, WithdrawalRefund.Status.SUCCEEDED)
+    )
+    ours_booked = sum(a for s, a in ours if s == WithdrawalRefund.Status.SUCCEEDED)
+    stripe_refunded_micro = min(
+        cents_to_micro(int(charge.get("amount_refunded", 0))), topup.amount_micro
+    )
+    # Refunds made elsewhere, in total so far, and what of them is booked already.
+    refunded_micro = max(0, stripe_refunded_micro - ours_at_stripe)
+    delta_micro = refunded_micro - (topup.refunded_micro - ours_booked)
     if delta_micro <= 0:
         _save(topup)
         return "refund already booked"
@@ -247,9 +287,99 @@ def _on_charge_refunded(event: dict) -> str:
         reason="card refund"
         + (f"; {shortfall_micro} micro-USD already spent" if shortfall_micro else ""),
     )
-    topup.refunded_micro = refunded_micro
+    topup.refunded_micro += delta_micro
     _save(topup, "refunded_micro")
     return f"refund of {delta_micro} booked"
+
+
+def _on_refund(event: dict) -> str:
+    """refund.created / updated / failed and charge.refund.updated: a withdrawal's refund.
+
+    Refunds that are not a withdrawal's are booked from the charge (charge.refunded).
+    """
+    refund = event["data"]["object"]
+    found = WithdrawalRefund.objects.filter(stripe_refund_id=refund["id"]).first()
+    ours_id = str((refund.get("metadata") or {}).get("withdrawal_refund_id", ""))
+    if found is None and ours_id.isdigit():
+        # The event can beat withdrawal_send's own record of the refund id.
+        found = WithdrawalRefund.objects.select_related("topup").filter(pk=int(ours_id)).first()
+    if found is None:
+        return "not a withdrawal refund"
+    if found.stripe_refund_id not in (None, refund["id"]):
+        raise StripeEventNotApplied(
+            f"refund {refund['id']} names withdrawal refund {found.id}, "
+            f"which is refund {found.stripe_refund_id}"
+        )
+    if refund.get("payment_intent") not in (None, found.topup.stripe_payment_intent_id) or (
+        cents_to_micro(int(refund.get("amount", 0))) != found.amount_micro
+    ):
+        raise StripeEventNotApplied(
+            f"refund {refund['id']} does not match withdrawal refund {found.id}"
+        )
+    return withdrawal_refund_apply(
+        refund_id=found.id,
+        stripe_refund_id=refund["id"],
+        status=refund_status_from_stripe(str(refund.get("status", ""))),
+        reason=str(refund.get("failure_reason") or ""),
+    )
+
+
+def _locked_payout_for_transfer(obj: dict) -> Payout | None:
+    found = Payout.objects.filter(stripe_transfer_id=obj["id"]).first()
+    payout_id = str((obj.get("metadata") or {}).get("payout_id", ""))
+    if found is None and payout_id.isdigit():
+        # The event can beat payout_send's own record of the transfer id.
+        found = Payout.objects.filter(pk=int(payout_id)).first()
+    if found is None:
+        return None
+    return locks.row_for_update("settlement.Payout", found.id)
+
+
+def _on_transfer(event: dict) -> str:
+    """transfer.created / updated / reversed: each carries the whole transfer; apply its state."""
+    obj = event["data"]["object"]
+    payout = _locked_payout_for_transfer(obj)
+    if payout is None:
+        return "no payout for this transfer"
+    if payout.stripe_transfer_id not in (None, obj["id"]):
+        # Two transfers for one payout (a resend after Stripe forgot our key): paying both
+        # would pay the provider twice. Staff reverse the second one.
+        raise StripeEventNotApplied(
+            f"transfer {obj['id']} names payout {payout.id}, "
+            f"which is transfer {payout.stripe_transfer_id}"
+        )
+    amount_micro = cents_to_micro(int(obj.get("amount", 0)))
+    if (
+        amount_micro != payout.amount_micro
+        or str(obj.get("currency", "")).upper() != payout.currency
+        or obj.get("destination") != payout.stripe_account_id
+    ):
+        raise StripeEventNotApplied(
+            f"transfer {obj['id']} ({amount_micro} micro-{obj.get('currency')} to "
+            f"{obj.get('destination')}) does not match payout {payout.id}"
+        )
+    if payout.status == Payout.Status.FAILED:
+        # We recorded Stripe's refusal and returned the money to earned; a transfer that exists
+        # after all would be paid twice. Staff reverse it or adjust.
+        raise StripeEventNotApplied(
+            f"payout {payout.id} was refused and returned, but transfer {obj['id']} exists"
+        )
+    return payout_transfer_apply(
+        payout=payout,
+        transfer_id=obj["id"],
+        reversed_micro=cents_to_micro(int(obj.get("amount_reversed", 0))),
+    )
+
+
+def _on_account_updated(event: dict) -> str:
+    account = event["data"]["object"]
+    capabilities = account.get("capabilities") or {}
+    return payout_account_sync(
+        stripe_account_id=account["id"],
+        is_transfers_active=capabilities.get("transfers") == "active",
+        is_payouts_enabled=bool(account.get("payouts_enabled")),
+        state_at=int(event.get("created", 0)),
+    )
 
 
 HANDLERS = {
@@ -261,6 +391,17 @@ HANDLERS = {
     "checkout.session.async_payment_failed": _on_checkout_session_unpaid,
     "checkout.session.expired": _on_checkout_session_unpaid,
     "charge.refunded": _on_charge_refunded,
+    "refund.created": _on_refund,
+    "refund.updated": _on_refund,
+    "refund.failed": _on_refund,
+    "charge.refund.updated": _on_refund,
+    # Stripe's transfer events since API 2017-04-06 (no transfer.paid / transfer.failed). The
+    # connected account's payout.* events are about its bank and stay unhandled on purpose:
+    # see settlement.services.payouts.
+    "transfer.created": _on_transfer,
+    "transfer.updated": _on_transfer,
+    "transfer.reversed": _on_transfer,
+    "account.updated": _on_account_updated,
 }
 
 

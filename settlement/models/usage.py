@@ -1,0 +1,223 @@
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from core.units import TOKENS_PER_PRICE_UNIT
+
+
+class UsageSource(models.TextChoices):
+    PROVIDER = "provider", "Provider's report"
+    BUYER = "buyer", "Buyer's report"
+    RELAY = "relay", "The exchange's relay"
+
+
+class UsageRecord(models.Model):
+    """One request's token usage as one source reported it, and, for the primary meter, its cost.
+
+    Idempotent per (source, source org, request id): providers and buyers each name their own
+    requests, so two orgs may use the same id; the relay has no org and its ids are its own.
+    Only a primary record (the relay's, or the provider's where the relay did not serve the
+    request) draws entitlements down and is charged; the others are kept to reconcile against
+    it. At most one primary record exists per (provider, request id), so a request the relay
+    metered and the provider reported too is never counted twice.
+
+    A primary record's billable tokens are split into those drawn from entitlements (see
+    UsageDraw), those charged pay-as-you-go at `payg_price_micro`, and those the buyer's balance
+    could not cover (`unfunded_*`, owed and shown to the provider, never silently lost).
+    """
+
+    Source = UsageSource
+
+    source = models.CharField(max_length=8, choices=UsageSource.choices)
+    source_org = models.ForeignKey(
+        "accounts.Org", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    request_id = models.CharField(max_length=128)
+    batch_id = models.UUIDField(help_text="The ingestion call that wrote this record.")
+    market = models.ForeignKey(
+        "marketplace.Market", on_delete=models.PROTECT, related_name="usage_records"
+    )
+    buyer_org = models.ForeignKey(
+        "accounts.Org", on_delete=models.PROTECT, related_name="usage_bought"
+    )
+    provider_org = models.ForeignKey(
+        "accounts.Org", on_delete=models.PROTECT, related_name="usage_served"
+    )
+    model = models.CharField(max_length=120)
+    input_tokens = models.BigIntegerField()
+    cached_input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    billable_tokens = models.BigIntegerField(help_text="By the market's weights, rounded down.")
+    output_weight_bp = models.PositiveIntegerField(help_text="The market's weight when received.")
+    cache_weight_bp = models.PositiveIntegerField(help_text="The market's weight when received.")
+    is_estimated = models.BooleanField(default=False, help_text="Counted from the text.")
+    is_primary = models.BooleanField(help_text="This record draws down and is charged.")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+    metered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the primary record was drawn down and charged."
+    )
+    # The metering outcome; zero on records that only check the primary one.
+    entitlement_tokens = models.BigIntegerField(default=0, help_text="Covered by entitlements.")
+    payg_tokens = models.BigIntegerField(default=0, help_text="Charged pay-as-you-go.")
+    payg_price_micro = models.BigIntegerField(default=0, help_text="Per 1M billable tokens.")
+    payg_cost_micro = models.BigIntegerField(default=0, help_text="Taken from available.")
+    payg_fee_micro = models.BigIntegerField(default=0, help_text="Of the cost, to the platform.")
+    unfunded_tokens = models.BigIntegerField(default=0)
+    unfunded_micro = models.BigIntegerField(default=0, help_text="Owed, not covered by balance.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "source_org", "request_id"],
+                condition=Q(source_org__isnull=False),
+                name="usage_unique_org_request",
+            ),
+            models.UniqueConstraint(
+                fields=["request_id"],
+                condition=Q(source="relay"),
+                name="usage_unique_relay_request",
+            ),
+            models.UniqueConstraint(
+                fields=["provider_org", "request_id"],
+                condition=Q(is_primary=True),
+                name="usage_one_primary_per_request",
+            ),
+            models.CheckConstraint(
+                condition=Q(source__in=UsageSource.values), name="usage_source_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(source="relay", source_org__isnull=True)
+                | Q(source="provider", source_org=F("provider_org"))
+                | Q(source="buyer", source_org=F("buyer_org")),
+                name="usage_source_org_matches",
+            ),
+            models.CheckConstraint(
+                condition=Q(is_primary=False) | ~Q(source="buyer"),
+                name="usage_buyer_never_primary",
+            ),
+            models.CheckConstraint(
+                condition=Q(input_tokens__gte=0)
+                & Q(cached_input_tokens__gte=0)
+                & Q(output_tokens__gte=0)
+                & Q(billable_tokens__gte=0),
+                name="usage_tokens_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__gte=F("started_at")), name="usage_ends_after_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(entitlement_tokens__gte=0)
+                & Q(payg_tokens__gte=0)
+                & Q(unfunded_tokens__gte=0)
+                & Q(payg_price_micro__gte=0)
+                & Q(payg_cost_micro__gte=0)
+                & Q(payg_fee_micro__gte=0)
+                & Q(payg_fee_micro__lte=F("payg_cost_micro"))
+                & Q(unfunded_micro__gte=0),
+                name="usage_outcome_not_negative",
+            ),
+            # A metered record accounts for every billable token; any other record for none.
+            models.CheckConstraint(
+                condition=Q(
+                    is_primary=True,
+                    metered_at__isnull=False,
+                    billable_tokens=F("entitlement_tokens")
+                    + F("payg_tokens")
+                    + F("unfunded_tokens"),
+                )
+                | Q(
+                    metered_at__isnull=True,
+                    entitlement_tokens=0,
+                    payg_tokens=0,
+                    payg_cost_micro=0,
+                    unfunded_tokens=0,
+                    unfunded_micro=0,
+                ),
+                name="usage_outcome_adds_up",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["buyer_org", "provider_org", "market", "ended_at"], name="usage_pair_time"
+            ),
+            models.Index(fields=["provider_org", "-id"], name="usage_provider_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} usage {self.request_id}: {self.billable_tokens} billable"
+
+
+class UsageDraw(models.Model):
+    """Tokens one primary usage record drew from one entitlement.
+
+    `tokens` count in the entitlement's own weights (what its tokens_used grew by);
+    `covered_tokens` are the record's billable tokens (the market's weights) that draw paid for.
+    The two differ only when the market's weights changed after the entitlement was traded.
+    """
+
+    usage_record = models.ForeignKey(UsageRecord, on_delete=models.PROTECT, related_name="draws")
+    entitlement = models.ForeignKey(
+        "settlement.Entitlement", on_delete=models.PROTECT, related_name="usage_draws"
+    )
+    tokens = models.BigIntegerField()
+    covered_tokens = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["usage_record", "entitlement"], name="usage_draw_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(tokens__gte=0) & Q(covered_tokens__gt=0),
+                name="usage_draw_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tokens} tokens of entitlement {self.entitlement_id}"
+
+
+class PaygMeter(models.Model):
+    """Pay-as-you-go usage of one buyer with one provider in one market, for cumulative rounding.
+
+    Each record's cost is floor((remainder + tokens x price) / 10^6) and the new remainder is
+    what that division left, so the cost of many small usages always equals the cost of one big
+    one, even as the reference price moves. `charged_micro + unfunded_micro` is therefore
+    floor(sum of tokens x price / 10^6) over the pair's pay-as-you-go history.
+    """
+
+    buyer_org = models.ForeignKey("accounts.Org", on_delete=models.PROTECT, related_name="+")
+    provider_org = models.ForeignKey("accounts.Org", on_delete=models.PROTECT, related_name="+")
+    market = models.ForeignKey("marketplace.Market", on_delete=models.PROTECT, related_name="+")
+    tokens = models.BigIntegerField(default=0, help_text="Pay-as-you-go tokens, funded or not.")
+    remainder = models.BigIntegerField(
+        default=0, help_text="Of sum(tokens x price), what the last division by 10^6 left."
+    )
+    charged_micro = models.BigIntegerField(default=0)
+    unfunded_tokens = models.BigIntegerField(default=0)
+    unfunded_micro = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["buyer_org", "provider_org", "market"], name="payg_meter_unique_pair"
+            ),
+            models.CheckConstraint(
+                condition=Q(remainder__gte=0) & Q(remainder__lt=TOKENS_PER_PRICE_UNIT),
+                name="payg_meter_remainder_in_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(tokens__gte=0)
+                & Q(charged_micro__gte=0)
+                & Q(unfunded_tokens__gte=0)
+                & Q(unfunded_tokens__lte=F("tokens"))
+                & Q(unfunded_micro__gte=0),
+                name="payg_meter_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"pay-as-you-go {self.buyer_org_id}->{self.provider_org_id} in {self.market_id}"

@@ -1,0 +1,641 @@
+"""Usage metering: take in what the sources report, draw entitlements down, charge the rest.
+
+Ingestion (`usage_ingest`) validates a batch first and writes only the records that pass, all in
+one transaction: a bad record is answered `rejected` with a code and never blocks the good ones,
+and nothing of a batch that fails half-way stays. Each record is idempotent per (source, source
+org, request id). The unique constraint is the guard, not a prior read: the rows are inserted
+with ON CONFLICT DO NOTHING, sorted by request id so two concurrent copies of a batch wait on
+each other in the same order (never a deadlock), and a row this call did not write was written
+by an earlier or concurrent call, so its record is answered `duplicate` with that first result.
+
+Metering (`usage_meter`) runs for the primary records only: the relay where it served the
+request, otherwise the provider. Buyers' reports, and a provider's report of a request the relay
+already metered, are kept to reconcile against the primary figure. For each primary record:
+1. Draw the pair's open entitlements in the market down, earliest expiry first, then oldest
+   (created, then id); only entitlements bought before the usage ended and expiring after it
+   started. The draw raises Entitlement.tokens_used and writes a UsageDraw; the money moves from
+   escrow to the provider later, when the settlement run calls `entitlement_deliver`.
+2. The rest is pay-as-you-go at the market's reference price (selectors.reference_price_get),
+   charged now from the buyer's available balance to the provider's earnings, less the market's
+   maker fee (the provider's fee rate on pay-as-you-go, as in the relay) to the platform. It
+   never takes the balance below zero: the tokens the balance cannot cover are recorded as
+   unfunded, with their cost, on the record and on the pair's PaygMeter.
+Costs round cumulatively (core.units.cost_floor_micro, DESIGN.md): the PaygMeter keeps the
+remainder of sum(tokens x price) / 10^6, so many small usages cost exactly what one big one does.
+
+Locks, in the core.locks order: the records' unique keys (by the insert), then entitlements by
+ascending id, then pay-as-you-go meters by ascending id, then ledger accounts by ascending id.
+"""
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.apps import apps
+from django.db import connection, transaction
+from django.db.models import F, Min, Q
+from django.utils import timezone
+
+from accounts.models import Org
+from core import locks
+from core.bulk import rows_update
+from core.units import (
+    BP_PER_UNIT,
+    TOKENS_PER_PRICE_UNIT,
+    bp_floor,
+    cost_floor_micro,
+    div_floor,
+)
+from settlement.errors import UsageBatchTooLarge, UsageSourceNotAllowed, UsageSourceRequired
+from settlement.models import (
+    Entitlement,
+    LedgerAccount,
+    LedgerTransaction,
+    PaygMeter,
+    UsageDraw,
+    UsageRecord,
+    UsageSource,
+)
+from settlement.selectors import payg_tokens_covered, reference_price_get
+from settlement.services.batch import TransactionSpec, ledger_post_batch, org_accounts_bulk
+from settlement.services.ledger import Posting, ledger_post, platform_account
+
+Kind = LedgerAccount.Kind
+
+MAX_BATCH_RECORDS = 1_000
+# No single request reads or writes ten million tokens of one class: the largest context windows
+# are a few million tokens. Past that a count is a unit mix-up or a bug, not usage.
+MAX_TOKENS_PER_CLASS = 10_000_000
+# Longer than any request (streams included) may take.
+MAX_REQUEST_DURATION = timedelta(hours=6)
+# How far a source's clock may run ahead of ours, and behind the first trade of a pair.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class UsageStatus:
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+# Why a record was rejected; each code is stable.
+REJECTION_CODES = {
+    "negative_tokens": "A token count is below zero.",
+    "absurd_tokens": (
+        f"A token count is above {MAX_TOKENS_PER_CLASS:,}, or output above the tier's "
+        "largest completion."
+    ),
+    "no_tokens": "Every token count is zero.",
+    "invalid_times": (
+        f"The request ends before it starts, or lasts longer than {MAX_REQUEST_DURATION}."
+    ),
+    "in_future": f"The request ends more than {CLOCK_SKEW} in the future.",
+    "unknown_market": "No market has this symbol.",
+    "unknown_counterparty": "No org with this slug is a buyer (provider reports) or a provider "
+    "(buyer reports).",
+    "model_not_admitted": "The market's tier does not admit this model.",
+    "no_relationship": "The two orgs have no entitlement in this market.",
+    "before_relationship": "The request started before the pair's first trade in this market.",
+    "request_id_reused": "This request id was already reported with other figures.",
+}
+
+
+@dataclass(frozen=True)
+class UsageInput:
+    """One record as a source reports it; the counterparty is the other org, by slug."""
+
+    request_id: str
+    market: str
+    counterparty: str
+    model: str
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    started_at: datetime
+    ended_at: datetime
+    is_estimated: bool = False
+
+
+@dataclass
+class UsageResult:
+    index: int
+    request_id: str
+    status: str
+    code: str = ""
+    message: str = ""
+    record: UsageRecord | None = None
+
+
+def billable_tokens(
+    *, input_tokens: int, cached_input_tokens: int, output_tokens: int, weights: tuple[int, int]
+) -> int:
+    """input + cached x cache weight + output x output weight, each weighted part rounded down.
+
+    `weights` is (output_weight_bp, cache_weight_bp). The same rule as the relay's meter, so the
+    two sources of one request agree to the token.
+    """
+    output_weight_bp, cache_weight_bp = weights
+    cached, _ = div_floor(cached_input_tokens * cache_weight_bp, BP_PER_UNIT)
+    output, _ = div_floor(output_tokens * output_weight_bp, BP_PER_UNIT)
+    return input_tokens + cached + output
+
+
+def _source_for(org: Org, source: str | None) -> str:
+    if source is None:
+        if org.is_provider and org.is_buyer:
+            raise UsageSourceRequired(fields={"source": ["Say provider or buyer."]})
+        return UsageSource.PROVIDER if org.is_provider else UsageSource.BUYER
+    allowed = {UsageSource.PROVIDER: org.is_provider, UsageSource.BUYER: org.is_buyer}
+    if not allowed.get(source, False):
+        raise UsageSourceNotAllowed(fields={"source": [f"Your org is not a {source} here."]})
+    return source
+
+
+@transaction.atomic(durable=True)
+def usage_ingest(
+    *, principal, records: Sequence[UsageInput], source: str | None = None
+) -> list[UsageResult]:
+    """Store a batch of usage reported by the principal's org and meter the primary records.
+
+    The org's role decides the source (provider or buyer); an org that is both says which.
+    One result per record, in order. Own transaction (durable).
+    """
+    if len(records) > MAX_BATCH_RECORDS:
+        raise UsageBatchTooLarge()
+    source = _source_for(principal.org, source)
+    return _ingest(source=source, source_org=principal.org, inputs=records)
+
+
+@dataclass
+class _Lookups:
+    markets: dict
+    orgs: dict[str, Org]
+    relationship_starts: dict[tuple[int, int, int], datetime]
+
+
+def _lookups(inputs: Sequence[UsageInput], source_org: Org) -> _Lookups:
+    market_model = apps.get_model("marketplace", "Market")
+    markets = {
+        market.symbol: market
+        for market in market_model.objects.select_related("tier").filter(
+            symbol__in={item.market.upper() for item in inputs}
+        )
+    }
+    orgs = {org.slug: org for org in Org.objects.filter(slug__in={i.counterparty for i in inputs})}
+    org_ids = {org.id for org in orgs.values()} | {source_org.id}
+    starts = {
+        (row["buyer_org_id"], row["provider_org_id"], row["market_id"]): row["first"]
+        for row in Entitlement.objects.filter(
+            buyer_org_id__in=org_ids,
+            provider_org_id__in=org_ids,
+            market_id__in=[market.id for market in markets.values()],
+        )
+        .values("buyer_org_id", "provider_org_id", "market_id")
+        .annotate(first=Min("created_at"))
+        .order_by()
+    }
+    return _Lookups(markets=markets, orgs=orgs, relationship_starts=starts)
+
+
+def _problem(item: UsageInput, *, source: str, lookups: _Lookups, now: datetime):
+    """(code, message, row fields) for one record: a code when it is rejected, else the fields."""
+    counts = (item.input_tokens, item.cached_input_tokens, item.output_tokens)
+    if any(count < 0 for count in counts):
+        return "negative_tokens", None
+    if any(count > MAX_TOKENS_PER_CLASS for count in counts):
+        return "absurd_tokens", None
+    if not any(counts):
+        return "no_tokens", None
+    if item.ended_at < item.started_at or item.ended_at - item.started_at > MAX_REQUEST_DURATION:
+        return "invalid_times", None
+    if item.ended_at > now + CLOCK_SKEW:
+        return "in_future", None
+    market = lookups.markets.get(item.market.upper())
+    if market is None:
+        return "unknown_market", None
+    counterparty = lookups.orgs.get(item.counterparty)
+    wanted_role = "is_buyer" if source == UsageSource.PROVIDER else "is_provider"
+    if counterparty is None or not getattr(counterparty, wanted_role):
+        return "unknown_counterparty", None
+    if not market.tier.admits(item.model):
+        return "model_not_admitted", None
+    if item.output_tokens > market.tier.max_output_tokens:
+        return "absurd_tokens", None
+    return None, (market, counterparty)
+
+
+def _pair(source: str, source_org: Org, counterparty: Org) -> tuple[int, int]:
+    """(buyer org id, provider org id) of a record."""
+    if source == UsageSource.PROVIDER:
+        return counterparty.id, source_org.id
+    return source_org.id, counterparty.id
+
+
+def _same_figures(record: UsageRecord, row: UsageRecord) -> bool:
+    fields = (
+        "market_id",
+        "buyer_org_id",
+        "provider_org_id",
+        "model",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "started_at",
+        "ended_at",
+    )
+    return all(getattr(record, name) == getattr(row, name) for name in fields)
+
+
+def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> list[UsageResult]:
+    now = timezone.now()
+    batch_id = uuid.uuid4()
+    lookups = _lookups(inputs, source_org)
+    results: list[UsageResult] = []
+    candidates: dict[str, tuple[int, UsageRecord]] = {}  # by request id, first occurrence
+    repeats: list[tuple[UsageResult, UsageRecord]] = []  # same request id later in the batch
+    for index, item in enumerate(inputs):
+        result = UsageResult(index=index, request_id=item.request_id, status="")
+        results.append(result)
+        code, found = _problem(item, source=source, lookups=lookups, now=now)
+        if code is None:
+            market, counterparty = found
+            buyer_id, provider_id = _pair(source, source_org, counterparty)
+            first = lookups.relationship_starts.get((buyer_id, provider_id, market.id))
+            if first is None:
+                code = "no_relationship"
+            elif item.started_at < first - CLOCK_SKEW:
+                code = "before_relationship"
+        if code is not None:
+            result.status, result.code = UsageStatus.REJECTED, code
+            result.message = REJECTION_CODES[code]
+            continue
+        row = UsageRecord(
+            source=source,
+            source_org=source_org,
+            request_id=item.request_id,
+            batch_id=batch_id,
+            market=market,
+            buyer_org_id=buyer_id,
+            provider_org_id=provider_id,
+            model=item.model,
+            input_tokens=item.input_tokens,
+            cached_input_tokens=item.cached_input_tokens,
+            output_tokens=item.output_tokens,
+            billable_tokens=billable_tokens(
+                input_tokens=item.input_tokens,
+                cached_input_tokens=item.cached_input_tokens,
+                output_tokens=item.output_tokens,
+                weights=(market.output_weight_bp, market.cache_weight_bp),
+            ),
+            output_weight_bp=market.output_weight_bp,
+            cache_weight_bp=market.cache_weight_bp,
+            is_estimated=item.is_estimated,
+            is_primary=source == UsageSource.PROVIDER,
+            started_at=item.started_at,
+            ended_at=item.ended_at,
+            received_at=now,
+        )
+        if item.request_id in candidates:
+            repeats.append((result, row))
+        else:
+            candidates[item.request_id] = (index, row)
+
+    stored = _insert_once(source=source, source_org=source_org, rows=candidates, now=now)
+    for request_id, (index, row) in candidates.items():
+        _answer(results[index], row, stored[request_id], batch_id)
+    for result, row in repeats:
+        _answer(result, row, stored[row.request_id], batch_id, is_repeat=True)
+    usage_meter(
+        records=[
+            record
+            for record in stored.values()
+            if record.batch_id == batch_id and record.is_primary
+        ]
+    )
+    return results
+
+
+def _answer(
+    result: UsageResult, row: UsageRecord, record: UsageRecord, batch_id, *, is_repeat=False
+) -> None:
+    if not _same_figures(row, record):
+        result.status, result.code = UsageStatus.REJECTED, "request_id_reused"
+        result.message = REJECTION_CODES["request_id_reused"]
+        return
+    is_ours = record.batch_id == batch_id and not is_repeat
+    result.status = UsageStatus.ACCEPTED if is_ours else UsageStatus.DUPLICATE
+    result.record = record
+
+
+def _insert_once(
+    *, source: str, source_org: Org, rows: dict[str, tuple[int, UsageRecord]], now
+) -> dict[str, UsageRecord]:
+    """Insert the rows whose request id is new; return the stored record of every request id.
+
+    A provider's record is primary unless the relay already metered that request; a relay
+    record committed at the same moment makes the insert skip the row, which is then written
+    again as a check record.
+    """
+    if not rows:
+        return {}
+    request_ids = sorted(rows)
+    mine = UsageRecord.objects.filter(
+        source=source, source_org=source_org, request_id__in=request_ids
+    )
+    if source == UsageSource.PROVIDER:
+        metered = set(
+            UsageRecord.objects.filter(
+                is_primary=True, provider_org_id=source_org.id, request_id__in=request_ids
+            )
+            .exclude(source=source)
+            .values_list("request_id", flat=True)
+        )
+        for request_id in metered:
+            rows[request_id][1].is_primary = False
+    pending = [rows[request_id][1] for request_id in request_ids]
+    for _attempt in range(2):
+        # Sorted by request id, so two copies of a batch take the unique keys in one order.
+        UsageRecord.objects.bulk_create(pending, ignore_conflicts=True)
+        stored = {record.request_id: record for record in mine.all()}
+        pending = [row for row in pending if row.request_id not in stored]
+        if not pending:
+            return stored
+        for row in pending:  # lost the primary slot to the relay: keep it as a check record
+            row.is_primary = False
+    raise RuntimeError(f"usage records {[row.request_id for row in pending][:5]} not stored")
+
+
+def _eligible(record: UsageRecord, entitlements: list[Entitlement]) -> list[Entitlement]:
+    """The pair's entitlements this record may draw, in draw-down order."""
+    usable = [
+        entitlement
+        for entitlement in entitlements
+        if entitlement.tokens_left > 0
+        and entitlement.expires_at > record.started_at
+        and entitlement.created_at <= record.ended_at
+    ]
+    return sorted(usable, key=lambda e: (e.expires_at, e.created_at, e.id))
+
+
+def _entitlements_for_update(pairs: set[tuple[int, int, int]]) -> list[Entitlement]:
+    """Lock the pairs' open entitlements by ascending id (after orders, before holds)."""
+    if not pairs:
+        return []
+    match = Q()
+    for buyer_id, provider_id, market_id in pairs:
+        match |= Q(buyer_org_id=buyer_id, provider_org_id=provider_id, market_id=market_id)
+    return locks.entitlements_for_update(
+        match & Q(status=Entitlement.Status.OPEN, tokens_used__lt=F("tokens_bought"))
+    )
+
+
+def _draw(record: UsageRecord, entitlements: list[Entitlement], draws: list[UsageDraw]) -> int:
+    """Draw `record` down against `entitlements`; return its billable tokens left uncovered.
+
+    An entitlement counts in its own contract weights. When they equal the market's (the usual
+    case) a draw of n tokens covers n of the record's billable tokens; otherwise the record's
+    uncovered share is converted, rounding down what the entitlement is charged.
+    """
+    left = record.billable_tokens
+    for entitlement in _eligible(record, entitlements):
+        if left == 0:
+            break
+        own = billable_tokens(
+            input_tokens=record.input_tokens,
+            cached_input_tokens=record.cached_input_tokens,
+            output_tokens=record.output_tokens,
+            weights=(entitlement.output_weight_bp, entitlement.cache_weight_bp),
+        )
+        need, _ = div_floor(left * own, record.billable_tokens)
+        tokens = min(need, entitlement.tokens_left)
+        if tokens == need:
+            covered = left
+        else:
+            covered, _ = div_floor(tokens * record.billable_tokens, own)
+        if covered == 0:
+            continue
+        entitlement.tokens_used += tokens
+        draws.append(
+            UsageDraw(
+                usage_record=record, entitlement=entitlement, tokens=tokens, covered_tokens=covered
+            )
+        )
+        left -= covered
+    record.entitlement_tokens = record.billable_tokens - left
+    return left
+
+
+def _meters_for_update(pairs: set[tuple[int, int, int]]) -> dict[tuple[int, int, int], PaygMeter]:
+    """The pairs' pay-as-you-go meters, created on first use, locked by ascending id."""
+    if not pairs:
+        return {}
+    PaygMeter.objects.bulk_create(
+        [PaygMeter(buyer_org_id=b, provider_org_id=p, market_id=m) for b, p, m in sorted(pairs)],
+        ignore_conflicts=True,
+    )
+    match = Q()
+    for buyer_id, provider_id, market_id in pairs:
+        match |= Q(buyer_org_id=buyer_id, provider_org_id=provider_id, market_id=market_id)
+    return {
+        (meter.buyer_org_id, meter.provider_org_id, meter.market_id): meter
+        for meter in locks.payg_meters_for_update(match)
+    }
+
+
+def _charge(
+    record: UsageRecord,
+    tokens: int,
+    meter: PaygMeter,
+    *,
+    price_micro: int,
+    fee_bp: int,
+    available_micro: int,
+) -> None:
+    """Price `tokens` pay-as-you-go on the meter; fund what `available_micro` covers."""
+    numerator = meter.remainder + tokens * price_micro
+    cost_micro, remainder = div_floor(numerator, TOKENS_PER_PRICE_UNIT)
+    funded = min(
+        tokens,
+        payg_tokens_covered(
+            available_micro=available_micro, price_micro=price_micro, remainder=meter.remainder
+        ),
+    )
+    charged, _ = div_floor(meter.remainder + funded * price_micro, TOKENS_PER_PRICE_UNIT)
+    meter.remainder = remainder
+    meter.tokens += tokens
+    meter.charged_micro += charged
+    meter.unfunded_tokens += tokens - funded
+    meter.unfunded_micro += cost_micro - charged
+    record.payg_tokens = funded
+    record.payg_price_micro = price_micro
+    record.payg_cost_micro = charged
+    record.payg_fee_micro = bp_floor(charged, fee_bp)
+    record.unfunded_tokens = tokens - funded
+    record.unfunded_micro = cost_micro - charged
+
+
+def usage_meter(*, records: Sequence[UsageRecord]) -> None:
+    """Draw stored primary records down and charge the rest pay-as-you-go. Inside a txn.
+
+    The records must be saved, primary and not metered yet (`metered_at` empty); ingestion
+    calls this once for the records it wrote, so a retry never meters twice. Locks
+    entitlements, then the pay-as-you-go meters, then ledger accounts, each by ascending id.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("usage_meter must run inside the caller's transaction")
+    if any(not record.is_primary or record.metered_at is not None for record in records):
+        raise ValueError("only primary records not metered yet are metered")
+    if not records:
+        return
+    metered_at = timezone.now()
+    for record in records:
+        record.metered_at = metered_at
+    records = sorted(records, key=lambda r: (r.ended_at, r.request_id, r.id))
+    pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in records}
+    by_pair: dict[tuple[int, int, int], list[Entitlement]] = defaultdict(list)
+    for entitlement in _entitlements_for_update(pairs):
+        key = (entitlement.buyer_org_id, entitlement.provider_org_id, entitlement.market_id)
+        by_pair[key].append(entitlement)
+    draws: list[UsageDraw] = []
+    uncovered = {}
+    for record in records:
+        key = (record.buyer_org_id, record.provider_org_id, record.market_id)
+        left = _draw(record, by_pair[key], draws)
+        if left:
+            uncovered[record.id] = left
+
+    specs: list[TransactionSpec] = []
+    if uncovered:
+        payg = [record for record in records if record.id in uncovered]
+        meters = _meters_for_update(
+            {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in payg}
+        )
+        accounts = org_accounts_bulk(org_ids={r.buyer_org_id for r in payg}, kinds=[Kind.AVAILABLE])
+        accounts |= org_accounts_bulk(
+            org_ids={r.provider_org_id for r in payg}, kinds=[Kind.EARNED]
+        )
+        fees_id = platform_account(kind=Kind.FEES).id
+        locked = locks.ledger_accounts_for_update([a.id for a in accounts.values()] + [fees_id])
+        available = {
+            org_id: locked[account.id].balance_micro
+            for (org_id, kind), account in accounts.items()
+            if kind == Kind.AVAILABLE
+        }
+        market_model = apps.get_model("marketplace", "Market")
+        markets = market_model.objects.in_bulk({record.market_id for record in payg})
+        prices = {market_id: reference_price_get(market=m) for market_id, m in markets.items()}
+        for record in payg:
+            _charge(
+                record,
+                uncovered[record.id],
+                meters[(record.buyer_org_id, record.provider_org_id, record.market_id)],
+                price_micro=prices[record.market_id].price_micro,
+                fee_bp=markets[record.market_id].maker_fee_bp,
+                available_micro=available[record.buyer_org_id],
+            )
+            available[record.buyer_org_id] -= record.payg_cost_micro
+            if record.payg_cost_micro:
+                earned = accounts[(record.provider_org_id, Kind.EARNED)]
+                specs.append(
+                    TransactionSpec(
+                        kind=LedgerTransaction.Kind.PAYG,
+                        reference=f"usage:{record.id}",
+                        idempotency_key=f"usage:payg:{record.id}",
+                        postings=[
+                            Posting(
+                                accounts[(record.buyer_org_id, Kind.AVAILABLE)].id,
+                                -record.payg_cost_micro,
+                            ),
+                            Posting(earned.id, record.payg_cost_micro - record.payg_fee_micro),
+                            Posting(fees_id, record.payg_fee_micro),
+                        ],
+                    )
+                )
+        changed_meters = list(meters.values())
+        rows_update(
+            PaygMeter,
+            ids=[meter.id for meter in changed_meters],
+            columns={
+                name: [getattr(meter, name) for meter in changed_meters]
+                for name in (
+                    "tokens",
+                    "remainder",
+                    "charged_micro",
+                    "unfunded_tokens",
+                    "unfunded_micro",
+                )
+            },
+        )
+    ledger_post_batch(specs)
+    drawn = {draw.entitlement.id: draw.entitlement for draw in draws}
+    rows_update(
+        Entitlement,
+        ids=list(drawn),
+        columns={"tokens_used": [entitlement.tokens_used for entitlement in drawn.values()]},
+    )
+    UsageDraw.objects.bulk_create(draws)
+    outcome = (
+        "metered_at",
+        "entitlement_tokens",
+        "payg_tokens",
+        "payg_price_micro",
+        "payg_cost_micro",
+        "payg_fee_micro",
+        "unfunded_tokens",
+        "unfunded_micro",
+    )
+    rows_update(
+        UsageRecord,
+        ids=[record.id for record in records],
+        columns={name: [getattr(record, name) for record in records] for name in outcome},
+    )
+
+
+def entitlement_deliver(*, entitlement_id: int) -> LedgerTransaction | None:
+    """Pay the provider for the entitlement's tokens used so far. Inside the caller's txn.
+
+    Cumulative rounding: what is due is floor(tokens_used x price / 10^6) less what was charged,
+    and the provider's fee is the same difference of floor(charged x fee). Moves the due amount
+    from the buyer's escrow to the provider's earnings (less the fee, to the platform). An
+    entitlement whose every token is used and paid for is marked exhausted. Locks the
+    entitlement, then the ledger accounts. Safe to call again: nothing more is due.
+    """
+    entitlement = locks.row_for_update("settlement.Entitlement", entitlement_id)
+    if entitlement is None or entitlement.status != Entitlement.Status.OPEN:
+        return None
+    cost_so_far = min(
+        entitlement.value_micro,
+        cost_floor_micro(tokens=entitlement.tokens_used, price_micro_per_m=entitlement.price_micro),
+    )
+    due_micro = cost_so_far - entitlement.charged_micro
+    ledger_transaction = None
+    if due_micro > 0:
+        fee_micro = bp_floor(cost_so_far, entitlement.provider_fee_bp) - bp_floor(
+            entitlement.charged_micro, entitlement.provider_fee_bp
+        )
+        accounts = org_accounts_bulk(org_ids={entitlement.buyer_org_id}, kinds=[Kind.ESCROW])
+        accounts |= org_accounts_bulk(org_ids={entitlement.provider_org_id}, kinds=[Kind.EARNED])
+        ledger_transaction = ledger_post(
+            kind=LedgerTransaction.Kind.DELIVERY,
+            postings=[
+                Posting(accounts[(entitlement.buyer_org_id, Kind.ESCROW)].id, -due_micro),
+                Posting(
+                    accounts[(entitlement.provider_org_id, Kind.EARNED)].id, due_micro - fee_micro
+                ),
+                Posting(platform_account(kind=Kind.FEES).id, fee_micro),
+            ],
+            reference=f"entitlement:{entitlement.id}",
+            # The running total charged is unique per entitlement, so each delivery has its key.
+            idempotency_key=f"delivery:{entitlement.id}:{cost_so_far}",
+        )
+        entitlement.charged_micro = cost_so_far
+    if (
+        entitlement.tokens_used == entitlement.tokens_bought
+        and entitlement.charged_micro == entitlement.value_micro
+    ):
+        entitlement.status = Entitlement.Status.EXHAUSTED
+        entitlement.closed_at = timezone.now()
+    entitlement.save(update_fields=["charged_micro", "status", "closed_at"])
+    return ledger_transaction
