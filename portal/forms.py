@@ -10,7 +10,8 @@ from django.contrib.auth.forms import AuthenticationForm
 
 from accounts.models import Scope, User
 from core.errors import ApplicationError
-from core.units import UnitError, money_display, money_parse
+from core.units import UnitError, money_display, money_format, money_parse
+from marketplace.models import Order
 
 TEST_CARDS = [
     ("pm_card_visa", "Visa 4242 — succeeds"),
@@ -31,6 +32,12 @@ def form_apply_error(
             shown = True
     if not shown:
         form.add_error(None, error.message)
+
+
+def price_input_text(micro: int) -> str:
+    """A price as a person types it back: 5_000_000 -> "5.00", 4_995_000 -> "4.995"."""
+    whole, _, frac = money_format(micro).partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 class LoginForm(AuthenticationForm):
@@ -151,3 +158,103 @@ class ApiKeyForm(forms.Form):
             return None
         next_midnight = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time())
         return next_midnight.replace(tzinfo=datetime.UTC)
+
+
+MAX_LOTS_IN_A_FORM = 2_147_483_647  # the column is a 32-bit integer
+MAX_TOKENS_PER_DAY_IN_A_FORM = 9_223_372_036_854_775_807  # a 64-bit integer
+
+
+class OrderTicketForm(forms.Form):
+    """An order as a person types it; order_place and order_preview decide every rule."""
+
+    side = forms.ChoiceField(
+        choices=Order.Side.choices, initial=Order.Side.BUY, widget=forms.RadioSelect
+    )
+    type = forms.ChoiceField(label="Type", choices=Order.Type.choices, initial=Order.Type.LIMIT)
+    price = forms.CharField(
+        label="Price (USD per 1M tokens)",
+        required=False,
+        max_length=24,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+    )
+    lots = forms.IntegerField(
+        label="Lots",
+        min_value=1,
+        max_value=MAX_LOTS_IN_A_FORM,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
+    )
+    tif = forms.ChoiceField(
+        label="Time in force",
+        required=False,
+        # Blank lets order_place choose: GTC for a limit order, IOC for a market order.
+        choices=[
+            ("", "Default"),
+            *((value, f"{value}: {label.lower()}") for value, label in Order.TimeInForce.choices),
+        ],
+    )
+    post_only = forms.BooleanField(
+        label="Post only", required=False, help_text="Rest on the book or be rejected; never take."
+    )
+    # Made when the ticket is drawn: a double click places one order, not two.
+    idempotency_key = forms.UUIDField(widget=forms.HiddenInput, required=False)
+
+    def clean_price(self) -> int | None:
+        text = (self.cleaned_data.get("price") or "").strip()
+        if not text:
+            return None
+        try:
+            price_micro = money_parse(text)
+        except UnitError:
+            raise forms.ValidationError("Enter a price in US dollars, such as 5.00.") from None
+        if price_micro <= 0:
+            raise forms.ValidationError("Enter a price above zero.")
+        return price_micro
+
+    def service_fields(self) -> dict:
+        """The ticket as order_place and order_preview take it, less the market."""
+        data = self.cleaned_data
+        return {
+            "side": data["side"],
+            "type": data["type"],
+            "tif": data["tif"] or None,
+            "price_micro": data["price"],
+            "lots": data["lots"],
+            "post_only": data["post_only"],
+        }
+
+
+class EndpointForm(forms.Form):
+    """A provider's endpoint in one market; endpoint_register checks the URL and the models."""
+
+    market = forms.ChoiceField(label="Market")
+    models = forms.CharField(
+        label="Models served",
+        max_length=2_000,
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+        help_text="Model names, separated by commas; the market's tier must admit each.",
+    )
+    base_url = forms.CharField(
+        label="Base URL",
+        max_length=500,
+        widget=forms.URLInput(attrs={"placeholder": "https://inference.example.com/v1"}),
+        help_text="OpenAI-compatible, ending in /v1.",
+    )
+    capacity_tokens_per_day = forms.IntegerField(
+        label="Capacity (billable tokens per day)",
+        min_value=1,
+        max_value=MAX_TOKENS_PER_DAY_IN_A_FORM,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
+    )
+
+    def __init__(self, *args, markets, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["market"].choices = [
+            (market.id, f"{market.symbol} · {market.tier.name}, {market.region.name}")
+            for market in markets
+        ]
+
+    def clean_market(self) -> int:
+        return int(self.cleaned_data["market"])
+
+    def clean_models(self) -> list[str]:
+        return [name.strip() for name in self.cleaned_data["models"].split(",") if name.strip()]

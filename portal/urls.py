@@ -73,4 +73,12 @@ urlpatterns = [
     path("topups/<int:topup_id>/status/", views.topup_status, name="topup-status"),
     path("api-keys/", views.api_keys, name="api-keys"),
     path("api-keys/<int:api_key_id>/revoke/", views.api_key_revoke_view, name="api-key-revoke"),
+    path("markets/", views.markets, name="markets"),
+    path("markets/<str:symbol>/", views.market_detail, name="market"),
+    path("markets/<str:symbol>/chart.json", views.market_chart_data, name="market-chart-data"),
+    path("markets/<str:symbol>/activity/", views.market_activity, name="market-activity"),
+    path("markets/<str:symbol>/preview/", views.order_ticket_preview, name="order-preview"),
+    path("markets/<str:symbol>/orders/", views.order_ticket_submit, name="order-place"),
+    path("orders/<int:order_id>/cancel/", views.order_cancel_view, name="order-cancel"),
+    path("endpoints/", views.endpoints, name="endpoints"),
 ]

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import kombu.pools
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -89,6 +90,7 @@ def broker_transport_options(var_dir: Path) -> dict:
         "data_folder_in": str(broker_dir / "queue"),
         "data_folder_out": str(broker_dir / "queue"),
         "processed_folder": str(broker_dir / "processed"),
+        "control_folder": str(broker_dir / "control"),
         "store_processed": False,
     }
 
@@ -221,7 +223,11 @@ def celery_broker(transactional_db, tmp_path) -> Path:
         )
     var_dir = tmp_path / "var"
     options = broker_transport_options(var_dir)
-    for folder in (options["data_folder_in"], options["processed_folder"]):
+    for folder in (
+        options["data_folder_in"],
+        options["processed_folder"],
+        options["control_folder"],
+    ):
         os.makedirs(folder, exist_ok=True)
     conf = celery_app.conf
     ours = {
@@ -242,10 +248,13 @@ def celery_broker(transactional_db, tmp_path) -> Path:
 def _reset_producer_pools() -> None:
     # The app caches its broker connection and producer pools on first use; drop them so the
     # next send connects with the broker settings in force now.
+    # kombu also keeps process-wide pools keyed by the broker URL, which stays `filesystem://`
+    # while its folders change: reset those too, or a later send reuses a closed pool.
     if celery_app._pool is not None:
         celery_app._pool.force_close_all()
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
+    kombu.pools.reset()
 
 
 @pytest.fixture

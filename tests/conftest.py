@@ -89,4 +89,5 @@ def fund(db):
     return credit
 
 
+from tests.browser import browser_page, chromium  # noqa: E402,F401 - fixtures
 from tests.localstripe import localstripe, localstripe_api_base  # noqa: E402,F401 - fixtures

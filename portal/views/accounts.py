@@ -1,4 +1,4 @@
-"""Portal pages: sign-up and sign-in, balances and ledger, card top-ups, API keys.
+"""Portal pages for the account: sign-up and sign-in, balances and ledger, card top-ups, API keys.
 
 Pages call the same services and selectors as the REST API, as the member's Principal, so a rule
 holds however it is reached. Roles are checked here in the view, not only by hiding a form: a
@@ -6,7 +6,6 @@ viewer who posts anyway is refused.
 """
 
 import uuid
-from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages
@@ -23,7 +22,6 @@ from django.views.decorators.http import require_POST
 from accounts.errors import ApiKeyNotFound, EmailTaken, NotAMember
 from accounts.middleware import ACTIVE_ORG_SESSION_KEY
 from accounts.models import Scope
-from accounts.principal import Principal
 from accounts.selectors import api_key_list
 from accounts.services import (
     api_key_create,
@@ -41,6 +39,7 @@ from portal.forms import (
     TopUpForm,
     form_apply_error,
 )
+from portal.views.access import member_required, principal_for, refuse
 from settlement.errors import TopUpNotFound
 from settlement.filters import LedgerEntryFilter
 from settlement.models import LedgerAccount, TopUp
@@ -58,27 +57,6 @@ LEDGER_PAGE_SIZE = 25
 ACCOUNT_FILTER_CHOICES = [
     (kind.value, kind.label) for kind in LedgerAccount.Kind if kind in LedgerAccount.ORG_KINDS
 ]
-
-
-def member_required(view):
-    """Signed in and acting for an org; someone with no org yet is sent to create one."""
-
-    @login_required
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if request.active_membership is None:
-            return redirect("portal:org-create")
-        return view(request, *args, **kwargs)
-
-    return wrapper
-
-
-def _refuse(request, message: str):
-    return render(request, "portal/forbidden.html", {"message": message}, status=403)
-
-
-def _principal(request) -> Principal:
-    return Principal.for_membership(request.active_membership)
 
 
 # Sign-up and orgs
@@ -138,11 +116,11 @@ def org_create_view(request):
 def org_switch(request):
     form = OrgSwitchForm(request.POST)
     if not form.is_valid():
-        return _refuse(request, "Choose one of your organisations.")
+        return refuse(request, "Choose one of your organisations.")
     try:
         membership = membership_for_user(user=request.user, org_id=form.cleaned_data["org_id"])
     except NotAMember as error:
-        return _refuse(request, error.message)
+        return refuse(request, error.message)
     request.session[ACTIVE_ORG_SESSION_KEY] = membership.org_id
     messages.success(request, f"You are now acting for {membership.org.name}.")
     return redirect("portal:dashboard")
@@ -184,7 +162,7 @@ def _topup_mode() -> dict:
 @member_required
 def topup_new(request):
     mode = _topup_mode()
-    may_top_up = _principal(request).has_scope(Scope.TRADE)
+    may_top_up = principal_for(request).has_scope(Scope.TRADE)
     can_pay_here = mode["is_checkout"] or mode["test_cards"]
     form = TopUpForm(
         request.POST or None,
@@ -193,13 +171,13 @@ def topup_new(request):
     )
     if request.method == "POST":
         if not may_top_up:
-            return _refuse(request, "Your role can't top up. Ask a trader, admin or owner.")
+            return refuse(request, "Your role can't top up. Ask a trader, admin or owner.")
         if not can_pay_here:
-            return _refuse(request, "Card top-ups are not available in the portal here.")
+            return refuse(request, "Card top-ups are not available in the portal here.")
         if form.is_valid():
             try:
                 topup = topup_create(
-                    principal=_principal(request),
+                    principal=principal_for(request),
                     amount_micro=form.cleaned_data["amount"],
                     payment_method=form.cleaned_data.get("payment_method") or None,
                     idempotency_key=f"portal-{form.cleaned_data['idempotency_key']}",
@@ -257,12 +235,12 @@ def topup_status(request, topup_id: int):
 @member_required
 def api_keys(request):
     membership = request.active_membership
-    principal = _principal(request)
+    principal = principal_for(request)
     form = ApiKeyForm(allowed_scopes=principal.scopes)
     created = None
     if request.method == "POST":
         if not principal.can_manage_keys:
-            return _refuse(request, "Only admins and owners manage API keys.")
+            return refuse(request, "Only admins and owners manage API keys.")
         form = ApiKeyForm(request.POST, allowed_scopes=principal.scopes)
         if form.is_valid():
             try:
@@ -290,9 +268,9 @@ def api_keys(request):
 @require_POST
 @member_required
 def api_key_revoke_view(request, api_key_id: int):
-    principal = _principal(request)
+    principal = principal_for(request)
     if not principal.can_manage_keys:
-        return _refuse(request, "Only admins and owners manage API keys.")
+        return refuse(request, "Only admins and owners manage API keys.")
     try:
         api_key = api_key_revoke(principal=principal, api_key_id=api_key_id)
     except ApiKeyNotFound:
