@@ -127,7 +127,8 @@ async def _load(url: str, keys: list, body: dict, *, seconds: float, concurrency
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    # Loopback only: no proxy from the environment between the load and the servers.
+    async with httpx.AsyncClient(limits=limits, timeout=30, trust_env=False) as client:
         deadline = time.monotonic() + seconds
 
         async def worker(index: int):

@@ -4,8 +4,10 @@ It answers `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and 
 and hands every other path to the Django application. It is bare ASGI rather than a Django view
 because it sits on the hot path of every inference call: one thread hop to the database to admit
 a request (authenticate, route, hold), the provider call streamed through with httpx on a pooled
-client, and one hop to settle. Database work runs in a pool of worker threads (sync_to_async with
-its own executor; each thread keeps its own connection), never on the event loop.
+client, and one hop to settle. Database work runs in a pool of worker threads (each keeps its own
+connection), never on the event loop. What can wait a moment (booking pay-as-you-go captures to
+providers, health observations) is written in batches by a background task, off the request's
+path: see relay.captures for why the captures must not be written per request.
 
 Retries: a connection error, a timeout or a 5xx before the first byte moves on to the next
 candidate, at most MAX_ATTEMPTS providers; once a byte went to the client the request stays with
@@ -13,6 +15,8 @@ its provider. Whatever happened, the request is settled exactly once.
 """
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import threading
@@ -21,11 +25,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
 
 from core.errors import ApplicationError
-from relay import health
+from relay import captures, health
+from relay.captures import relay_captures_flush
 from relay.errors import BadRequest, NoHealthyProvider, RateLimited, RelayError
 from relay.models import RelayRequest
 from relay.pricing import Tokens
@@ -71,12 +75,6 @@ def _authenticate_and_admit(*, authorization, body, kind, region_code, request_i
     )
 
 
-def _settle_and_flush(*, admission, outcome, flush: bool) -> None:
-    relay_settle(admission=admission, outcome=outcome)
-    if flush:  # health rides on the settle's thread hop, in small batches
-        health.health_flush()
-
-
 def _models(*, authorization) -> dict:
     relay_authenticate(authorization=authorization)
     return model_list()
@@ -111,21 +109,55 @@ class RelayApp:
         self.executor = ThreadPoolExecutor(self.db_threads, thread_name_prefix="relay-db")
         self.client: httpx.AsyncClient | None = None
         self.is_flush_due = False
+        self.flusher: asyncio.Task | None = None
+        self.flush_wanted: asyncio.Event | None = None
 
     async def db(self, function, **kwargs):
-        call = sync_to_async(_in_db_thread, thread_sensitive=False, executor=self.executor)
-        return await call(function, kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, functools.partial(_in_db_thread, function, kwargs)
+        )
 
     def _client(self) -> httpx.AsyncClient:
         if self.client is None:
             self.client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.read_timeout_s, connect=CONNECT_TIMEOUT_S),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+                # Providers are called directly: a proxy from the environment (HTTP_PROXY and
+                # the like) must not sit between the relay and them, loopback ones included.
+                trust_env=False,
             )
         return self.client
 
+    def _start_flusher(self) -> None:
+        if self.flusher is None:
+            self.flush_wanted = asyncio.Event()
+            self.flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush_wanted.wait(), captures.FLUSH_EVERY_S)
+            self.flush_wanted.clear()
+            try:
+                await self._flush()
+            except Exception:
+                # What failed stays queued or held; the next round (or the stale sweep) books it.
+                logger.exception("relay background flush failed")
+
+    async def _flush(self) -> None:
+        if captures.captures_queued():
+            await self.db(relay_captures_flush)
+        if self.is_flush_due:
+            self.is_flush_due = False
+            await self.db(health.health_flush)
+
     async def close(self) -> None:
-        """Stop: flush health, close the HTTP pool and every DB thread's connection."""
+        """Stop: book what is queued, close the HTTP pool and every DB thread's connection."""
+        if self.flusher is not None:
+            self.flusher.cancel()
+            self.flusher = None
+        await self.db(relay_captures_flush)
         await self.db(health.health_flush)
         if self.client is not None:
             await self.client.aclose()
@@ -188,6 +220,7 @@ class RelayApp:
             return await _error(
                 send, int(error.status), error.code, "invalid_request_error", error.message
             )
+        self._start_flusher()
         await self.dispatch(admission, body, path, send)
 
     async def dispatch(self, admission: Admission, body: dict, path: str, send) -> None:
@@ -218,10 +251,9 @@ class RelayApp:
             # Settled exactly once, before the client sees the end of the answer.
             outcome.attempts = max(attempts, 1)
             outcome.duration_ms = int((time.monotonic() - started) * 1000)
-            is_flush_due, self.is_flush_due = self.is_flush_due, False
-            await self.db(
-                _settle_and_flush, admission=admission, outcome=outcome, flush=is_flush_due
-            )
+            await self.db(relay_settle, admission=admission, outcome=outcome)
+            if captures.captures_queued() >= captures.FLUSH_AT_CAPTURES:
+                self.flush_wanted.set()
         if finish is not None:
             await finish()
         else:

@@ -3,10 +3,11 @@ and settle (charge the actual cost once, give back the rest, record the request)
 
 Money: a pay-as-you-go request holds its worst case from the buyer's available balance under
 `relay:<request id>` (settlement holds); an entitlement-backed one reserves the worst case in
-billable tokens on the entitlement (EntitlementReservation). Settling captures the actual cost from
-the hold into the provider's earnings (less the market's maker fee, to the platform's fees) and
-releases the rest, or releases everything when the request failed or came back empty. Each of
-these runs in one transaction of its own; no provider is called inside one.
+billable tokens on the entitlement (EntitlementReservation). Settling records the actual cost and
+releases the rest of the hold, or everything when the request failed or came back empty; the
+cost stays held until relay.captures books it, in a batch, into the provider's earnings (less
+the market's maker fee, to the platform's fees). Each of these runs in one transaction of its
+own; no provider is called inside one.
 """
 
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from accounts.keys import key_digest
 from accounts.models import Scope
 from core import locks
 from core.errors import InsufficientFunds as LedgerInsufficientFunds
-from core.units import bp_floor
 from relay import limits
+from relay.captures import Capture, capture_book, capture_enqueue
 from relay.errors import (
     BadRequest,
     BudgetExceeded,
@@ -51,9 +52,8 @@ from relay.selectors import (
     route_cache_clear,
     route_get,
 )
-from settlement.models import Entitlement, Hold, LedgerAccount, LedgerTransaction
-from settlement.services import Posting, hold_capture, hold_place, hold_release
-from settlement.services.ledger import org_accounts, platform_account
+from settlement.models import Entitlement, Hold
+from settlement.services import hold_place, hold_release
 
 
 @dataclass
@@ -105,9 +105,21 @@ AUTH_TTL_S = 5.0
 _principals = TtlCache(AUTH_TTL_S)
 
 
+# A key's limits (not its counters, which are always taken in the database) are remembered as
+# long, so an operator's change to a policy applies within AUTH_TTL_S.
+_policies = TtlCache(AUTH_TTL_S)
+
+
+def _policy(api_key_id: int) -> tuple[KeyPolicy | None, str | None]:
+    policy = KeyPolicy.objects.select_related("default_region").filter(api_key_id=api_key_id)
+    policy = policy.first()
+    region = policy.default_region if policy is not None else None
+    return policy, region.code if region is not None else None
+
+
 def relay_caches_clear() -> None:
     _principals.clear()
-    _account_ids.clear()
+    _policies.clear()
     route_cache_clear()
 
 
@@ -154,9 +166,10 @@ def relay_admit(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("`model` is required.", param="model")
-    policy = KeyPolicy.objects.filter(api_key_id=principal.api_key.id).first()
-    if not region_code and policy is not None and policy.default_region_id:
-        region_code = policy.default_region.code
+    policy, default_region_code = _policies.get(
+        principal.api_key.id, lambda: _policy(principal.api_key.id)
+    )
+    region_code = region_code or default_region_code
     route = route_get(model=model, region_code=region_code)
     market = route.market
     max_output = _max_output_tokens(body, market.tier.max_output_tokens, kind)
@@ -357,7 +370,10 @@ class Outcome:
 
 @transaction.atomic(durable=True)
 def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
-    """Charge the actual cost once (capped at the worst case held), give back the rest. Own txn."""
+    """Charge the actual cost once (capped at the worst case held), give back the rest. Own txn.
+
+    A pay-as-you-go cost stays held until relay.captures books it (queued once this commits).
+    """
     funding = admission.funding
     cost = 0
     if outcome.status == RelayRequest.Status.OK and funding is not None:
@@ -375,14 +391,23 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
         _unreserve(admission)
         if cost:
             _draw_entitlement(admission, funding, outcome, cost)
+    is_capture = bool(cost and entitlement_id is None)
     if admission.hold_micro:
-        _lock_hold_and_accounts(
-            admission, outcome, is_capture=bool(cost and entitlement_id is None)
-        )
-        if cost and entitlement_id is None:
-            _capture_payg(admission, funding, outcome, cost)
-        hold_release(reference=admission.hold_reference)
+        # The cost stays held under the request's hold: the buyer can spend it on nothing else,
+        # and relay.captures books it to the provider in a batch (see there for why).
+        excess = admission.hold_micro - (cost if is_capture else 0)
+        if excess:
+            hold_release(reference=admission.hold_reference, amount_micro=excess)
     _give_back_limits(admission, outcome, cost)
+    if is_capture:
+        capture = Capture(
+            hold_reference=admission.hold_reference,
+            buyer_org_id=admission.org_id,
+            provider_org_id=outcome.provider_org_id,
+            cost_micro=cost,
+            provider_fee_bp=funding.provider_fee_bp,
+        )
+        transaction.on_commit(lambda: capture_enqueue(capture))
     return RelayRequest.objects.create(
         request_id=admission.request_id,
         api_key_id=admission.api_key_id,
@@ -406,57 +431,6 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
         attempts=outcome.attempts,
         ttft_ms=outcome.ttft_ms,
         duration_ms=outcome.duration_ms,
-    )
-
-
-def _lock_hold_and_accounts(admission: Admission, outcome: Outcome, *, is_capture: bool) -> None:
-    """Lock the hold, then every account the capture and the release touch, by ascending id.
-
-    The capture posts held -> earned/fees and the release held -> available: locking them one
-    posting at a time would take `held` before `available`, against another request's hold_place
-    taking them in id order, and the two would deadlock.
-    """
-    locks.hold_for_update(reference=admission.hold_reference)
-    ids = [
-        _account_id(admission.org_id, LedgerAccount.Kind.AVAILABLE),
-        _account_id(admission.org_id, LedgerAccount.Kind.HELD),
-    ]
-    if is_capture:
-        ids += [
-            _account_id(outcome.provider_org_id, LedgerAccount.Kind.EARNED),
-            _account_id(None, LedgerAccount.Kind.FEES),
-        ]
-    locks.ledger_accounts_for_update(ids)
-
-
-# Ledger account ids never change once an account exists (accounts are never deleted), so each
-# relay process remembers them instead of looking them up on every request.
-_account_ids: dict[tuple[int | None, str], int] = {}
-
-
-def _account_id(org_id: int | None, kind: str) -> int:
-    key = (org_id, kind)
-    if key not in _account_ids:
-        if org_id is None:
-            _account_ids[key] = platform_account(kind=kind).id
-        else:
-            _account_ids[key] = org_accounts(org_id=org_id, kinds=[kind])[kind].id
-    return _account_ids[key]
-
-
-def _capture_payg(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> None:
-    fee = bp_floor(cost, funding.provider_fee_bp)
-    postings = [
-        Posting(_account_id(outcome.provider_org_id, LedgerAccount.Kind.EARNED), cost - fee)
-    ]
-    if fee:
-        postings.append(Posting(_account_id(None, LedgerAccount.Kind.FEES), fee))
-    postings = [posting for posting in postings if posting.amount_micro > 0]
-    hold_capture(
-        reference=admission.hold_reference,
-        postings=postings,
-        capture_key="settle",
-        kind=LedgerTransaction.Kind.PAYG,
     )
 
 
@@ -491,18 +465,44 @@ STALE_AFTER = timedelta(hours=1)
 
 
 def relay_stale_release(*, older_than: timedelta = STALE_AFTER) -> int:
-    """Give back what relay processes that died mid-request left set aside; returns the count.
+    """Settle what relay processes that died mid-request left set aside; returns the count.
 
-    Each hold is released in its own transaction (a hold is its own unit of money); the
-    reservations are deleted in one statement. Safe to run twice: a released hold is closed.
+    A hold whose request was settled (its RelayRequest charged a pay-as-you-go cost) still
+    holds that cost: it is captured for the provider, as the dead process would have, at the
+    market's maker fee. Every other stale hold is released. Each hold in its own transaction (a
+    hold is its own unit of money); the reservations are deleted in one statement. Safe to run
+    twice, and beside a live process's flush: a capture happens once, a released hold is closed.
     """
     cutoff = timezone.now() - older_than
     swept, _ = EntitlementReservation.objects.filter(created_at__lt=cutoff).delete()
-    stale = Hold.objects.filter(
-        reference__startswith="relay:", status=Hold.Status.OPEN, created_at__lt=cutoff
-    ).values_list("reference", flat=True)
-    for reference in list(stale):
+    stale = list(
+        Hold.objects.filter(
+            reference__startswith="relay:", status=Hold.Status.OPEN, created_at__lt=cutoff
+        ).values_list("reference", "org_id")
+    )
+    charged = {
+        record.request_id: record
+        for record in RelayRequest.objects.filter(
+            request_id__in=[reference.removeprefix("relay:") for reference, _ in stale],
+            status=RelayRequest.Status.OK,
+            entitlement__isnull=True,
+            provider_org__isnull=False,
+            cost_micro__gt=0,
+        ).select_related("market")
+    }
+    for reference, org_id in stale:
         with transaction.atomic(durable=True):
+            record = charged.get(reference.removeprefix("relay:"))
+            if record is not None:
+                capture_book(
+                    Capture(
+                        hold_reference=reference,
+                        buyer_org_id=org_id,
+                        provider_org_id=record.provider_org_id,
+                        cost_micro=record.cost_micro,
+                        provider_fee_bp=record.market.maker_fee_bp,
+                    )
+                )
             hold_release(reference=reference)
         swept += 1
     return swept

@@ -7,12 +7,17 @@ and lock the hold row before the ledger accounts (core.locks order). Invariant: 
 balance equals the remaining amounts of its open holds.
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from django.utils import timezone
 
 from core import locks
+from core.bulk import rows_update
 from core.errors import Conflict, ValidationFailed
 from settlement.errors import HoldExceeded, HoldNotFound
 from settlement.models import Hold, LedgerAccount, LedgerTransaction
+from settlement.services.batch import TransactionSpec, ledger_post_batch, org_accounts_bulk
 from settlement.services.ledger import (
     Posting,
     ledger_post,
@@ -32,9 +37,8 @@ def hold_place(*, org_id: int, amount_micro: int, reference: str) -> Hold:
     """
     if amount_micro <= 0:
         raise ValidationFailed(fields={"amount": ["A hold must be positive."]})
-    existing = Hold.objects.filter(reference=reference).first()
-    if existing is not None:
-        return _same_terms(existing, org_id=org_id, amount_micro=amount_micro)
+    # No look for an existing hold first: the ledger transaction's idempotency key finds a
+    # retry (or a concurrent twin) below, and a new hold, the usual case, saves the query.
     accounts = org_accounts(org_id=org_id, kinds=[Kind.AVAILABLE, Kind.HELD])
     _, is_new = ledger_post_once(
         kind=LedgerTransaction.Kind.HOLD,
@@ -43,8 +47,9 @@ def hold_place(*, org_id: int, amount_micro: int, reference: str) -> Hold:
         idempotency_key=f"hold:{reference}",
     )
     if not is_new:
-        # A concurrent twin with this reference committed first while this call waited for the
-        # account locks (or for its key): its hold is the answer, if its terms are the same.
+        # A retry, or a concurrent twin with this reference that committed first while this
+        # call waited for the account locks (or for its key): its hold is the answer, if its
+        # terms are the same.
         twin = Hold.objects.filter(reference=reference).first()
         if twin is None:
             raise Conflict(f"the ledger has a hold {reference} but no hold row")
@@ -134,3 +139,83 @@ def hold_release(*, reference: str, amount_micro: int | None = None) -> Hold:
     _close_if_spent(hold)
     hold.save(update_fields=["released_micro", "status", "closed_at"])
     return hold
+
+
+@dataclass(frozen=True)
+class HoldCapture:
+    """One `hold_capture` of a batch: where part of the hold `reference` goes, and as what."""
+
+    reference: str
+    postings: Sequence[Posting]
+    capture_key: str
+    kind: str = LedgerTransaction.Kind.HOLD_CAPTURE
+
+
+def holds_capture_batch(*, captures: Sequence[HoldCapture]) -> int:
+    """`hold_capture` for many holds in a few statements; returns how many it booked. In a txn.
+
+    The same moves under the same keys (`capture:<reference>:<capture key>`), so each capture
+    is booked once whichever path gets there first, and one already booked is skipped. Holds
+    are locked first (by id), then ledger_post_batch locks the accounts (by id): the core.locks
+    order. Raises, writing nothing, when a hold is missing, closed or short.
+    """
+    if not captures:
+        return 0
+    holds = locks.holds_for_update(references=[capture.reference for capture in captures])
+    missing = sorted({c.reference for c in captures} - set(holds))
+    if missing:
+        raise HoldNotFound(f"no hold {missing[0]}")
+    held = org_accounts_bulk(org_ids={hold.org_id for hold in holds.values()}, kinds=[Kind.HELD])
+    keys = [f"capture:{c.reference}:{c.capture_key}" for c in captures]
+    # The holds are locked, so no other capture of them can commit while this one runs.
+    booked = set(
+        LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list(
+            "idempotency_key", flat=True
+        )
+    )
+    now = timezone.now()
+    specs, changed = [], {}
+    for capture, key in zip(captures, keys, strict=True):
+        if key in booked:
+            continue
+        if not capture.postings or any(p.amount_micro <= 0 for p in capture.postings):
+            raise ValidationFailed(fields={"amount": ["A capture pays positive amounts."]})
+        hold = holds[capture.reference]
+        held_id = held[(hold.org_id, Kind.HELD)].id
+        if any(posting.account_id == held_id for posting in capture.postings):
+            raise ValidationFailed(
+                fields={"postings": ["A capture pays out of held, not into it."]}
+            )
+        amount_micro = sum(posting.amount_micro for posting in capture.postings)
+        if hold.status != Hold.Status.OPEN or amount_micro > hold.remaining_micro:
+            raise HoldExceeded(
+                f"capture of {amount_micro} exceeds the {hold.remaining_micro} left on "
+                f"{hold.reference} ({hold.status})"
+            )
+        specs.append(
+            TransactionSpec(
+                kind=capture.kind,
+                reference=hold.reference,
+                idempotency_key=key,
+                postings=[Posting(held_id, -amount_micro), *capture.postings],
+            )
+        )
+        hold.captured_micro += amount_micro
+        if hold.remaining_micro == 0:
+            hold.status, hold.closed_at = Hold.Status.CLOSED, now
+        changed[hold.id] = hold
+        booked.add(key)
+    if not specs:
+        return 0
+    if ledger_post_batch(specs) != len(specs):
+        raise Conflict("a capture's key was used while its hold was locked")
+    rows_update(
+        Hold,
+        ids=list(changed),
+        columns={
+            "captured_micro": [hold.captured_micro for hold in changed.values()],
+            "status": [hold.status for hold in changed.values()],
+            "closed_at": [hold.closed_at for hold in changed.values()],
+        },
+    )
+    return len(specs)

@@ -20,6 +20,7 @@ from marketplace import engine
 from marketplace.models import ProviderEndpoint
 from marketplace.services import order_place
 from relay import health
+from relay.captures import captures_discard
 from relay.fake_provider import FakeProvider, FakeProviderConfig
 from relay.gateway import RelayApp
 from relay.services import relay_caches_clear
@@ -45,11 +46,14 @@ class Seller:
 
 @pytest.fixture(autouse=True)
 def _fresh_relay_state():
-    # The relay's in-process caches and unflushed health belong to the test that made them.
+    # The relay's in-process caches, unflushed health and queued captures belong to the test
+    # that made them.
     health._pending = health._Pending()
+    captures_discard()
     relay_caches_clear()
     yield
     health._pending = health._Pending()
+    captures_discard()
     relay_caches_clear()
 
 

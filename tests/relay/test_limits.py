@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from accounts.models import ApiKey
+from relay.captures import relay_captures_flush
 from relay.limits import spend_window_start
 from relay.models import KeyCounter, KeyPolicy, RelayRequest, SpendWindow
 from settlement.models import Hold, LedgerAccount
@@ -122,6 +123,7 @@ def test_fifty_concurrent_requests_never_spend_past_the_balance(
     assert RelayRequest.objects.filter(status="ok").count() == len(served)
     assert 0 < spent <= 4_000
     assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 4_000 - spent
+    relay_captures_flush()
     assert account_balance(org_id=buyer.org.id, kind=Kind.HELD) == 0
     assert not Hold.objects.filter(status=Hold.Status.OPEN).exists()
     assert ledger_check() == []

@@ -6,6 +6,7 @@ import httpx
 import openai
 import pytest
 
+from relay.captures import captures_discard, captures_queued, relay_captures_flush
 from relay.models import RelayRequest
 from settlement.models import LedgerAccount
 from settlement.selectors import account_balance
@@ -44,6 +45,64 @@ def test_chat_is_served_and_charged_its_actual_cost_once(
     record = RelayRequest.objects.get()
     assert (record.status, record.cost_micro, record.is_estimated) == ("ok", cost, False)
     assert (record.endpoint_id, record.provider_org_id) == (seller.endpoint.id, seller.org.id)
+    assert _balance(buyer.org.id, Kind.AVAILABLE) == 1_000_000 - cost
+    relay_captures_flush()  # waits for a background flush in progress, books what is left
+    assert _balance(buyer.org.id, Kind.HELD) == 0
+    assert _balance(seller.org.id, Kind.EARNED) == cost - fee
+    assert LedgerAccount.objects.get(org=None, kind=Kind.FEES).balance_micro == fee
+    assert relay_captures_flush() == 0  # booked once
+    assert ledger_check() == []
+
+
+def test_a_settled_cost_stays_held_until_booked_and_a_dead_relays_is_captured_once(
+    buyer, seller, fund, relay_key
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from relay.pricing import Tokens
+    from relay.services import (
+        Outcome,
+        relay_admit,
+        relay_authenticate,
+        relay_settle,
+        relay_stale_release,
+    )
+    from settlement.models import Hold
+
+    fund(buyer.org.id, 1_000_000)
+    key = relay_authenticate(authorization=f"Bearer {relay_key(buyer)}")
+    admission = relay_admit(
+        principal=key, body=dict(CHAT), kind="chat", region_code=None, request_id="req_dead"
+    )
+    tokens = Tokens(input_tokens=10, output_tokens=20)
+    relay_settle(
+        admission=admission,
+        outcome=Outcome(
+            status="ok",
+            tokens=tokens,
+            endpoint_id=seller.endpoint.id,
+            provider_org_id=seller.org.id,
+        ),
+    )
+    cost = _cost(10, 20)
+    fee = cost * 10 // 10_000
+
+    # Settled: the cost is out of reach of any other request, not yet the provider's.
+    assert captures_queued() == 1
+    assert _balance(buyer.org.id, Kind.AVAILABLE) == 1_000_000 - cost
+    assert _balance(buyer.org.id, Kind.HELD) == cost
+    assert _balance(seller.org.id, Kind.EARNED) == 0
+    assert ledger_check() == []
+
+    captures_discard()  # the relay process died before its flush
+    Hold.objects.filter(reference="relay:req_dead").update(
+        created_at=timezone.now() - timedelta(hours=2)
+    )
+    assert relay_stale_release() == 1
+    assert relay_stale_release() == 0
+
     assert _balance(buyer.org.id, Kind.AVAILABLE) == 1_000_000 - cost
     assert _balance(buyer.org.id, Kind.HELD) == 0
     assert _balance(seller.org.id, Kind.EARNED) == cost - fee
@@ -167,6 +226,7 @@ def test_the_keys_default_region_picks_among_several_markets(
     buyer, seller, market, fund, relay_key, client_for
 ):
     from relay.models import KeyPolicy
+    from relay.services import relay_caches_clear
     from tests.marketplace.factories import MarketFactory
 
     MarketFactory(tier=market.tier)  # the same model trades in a second region
@@ -177,6 +237,7 @@ def test_the_keys_default_region_picks_among_several_markets(
     assert error.value.code == "region_required"
 
     KeyPolicy.objects.create(api_key=relay_key.last, default_region=market.region)
+    relay_caches_clear()  # a policy change reaches each relay process within AUTH_TTL_S
     client.chat.completions.create(**CHAT)
 
     assert RelayRequest.objects.get().market_id == market.id

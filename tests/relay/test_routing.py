@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from marketplace.services import order_place
+from relay.captures import relay_captures_flush
 from relay.health import health_flush
 from relay.models import HealthBucket, RelayRequest
 from relay.services import relay_caches_clear
@@ -105,6 +106,7 @@ def test_a_5xx_falls_back_and_charges_once(buyer, sellers, market, fund, relay_k
     cost = (answer.usage.prompt_tokens + answer.usage.completion_tokens * 6) * 5
     assert record.cost_micro == cost
     assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 1_000_000 - cost
+    relay_captures_flush()
     assert account_balance(org_id=buyer.org.id, kind=Kind.HELD) == 0
     assert ledger_check() == []
 

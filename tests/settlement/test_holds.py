@@ -9,10 +9,12 @@ from settlement.errors import HoldExceeded, HoldNotFound
 from settlement.models import Hold, LedgerAccount, LedgerTransaction
 from settlement.selectors import account_balance
 from settlement.services import (
+    HoldCapture,
     Posting,
     hold_capture,
     hold_place,
     hold_release,
+    holds_capture_batch,
     ledger_check,
     org_account,
     platform_account,
@@ -279,4 +281,52 @@ def test_held_equals_the_open_holds_after_a_mix_of_operations(buyer, fund, earne
 
     assert _held(buyer.org.id) == _open_holds_total(buyer.org.id) == 5_000_000
     assert _available(buyer.org.id) == 50_000_000 - 20_000_000 + 2_000_000 + 6_000_000
+    assert ledger_check() == []
+
+
+def _batch(captures) -> int:
+    with transaction.atomic():
+        return holds_capture_batch(captures=captures)
+
+
+def test_a_batch_captures_many_holds_once_each(buyer, fund, earned, fees):
+    fund(buyer.org.id, 10_000_000)
+    _place(buyer.org.id, 3_000_000, reference="relay:a")
+    _place(buyer.org.id, 2_000_000, reference="relay:b")
+    captures = [
+        HoldCapture("relay:a", [Posting(earned.id, 2_900_000), Posting(fees.id, 100_000)], "s"),
+        HoldCapture("relay:b", [Posting(earned.id, 1_500_000)], "s"),
+    ]
+
+    assert _batch(captures) == 2
+    assert _batch(captures) == 0  # a retry books nothing twice
+    # The single-hold path uses the same key, so it too sees the capture as done.
+    assert _capture([Posting(earned.id, 1)], key="s", reference="relay:a").captured_micro == (
+        3_000_000
+    )
+
+    a, b = Hold.objects.get(reference="relay:a"), Hold.objects.get(reference="relay:b")
+    assert (a.status, a.captured_micro) == (Hold.Status.CLOSED, 3_000_000)
+    assert (b.status, b.remaining_micro) == (Hold.Status.OPEN, 500_000)
+    assert _held(buyer.org.id) == 500_000 == _open_holds_total(buyer.org.id)
+    assert account_balance(org_id=earned.org_id, kind=Kind.EARNED) == 4_400_000
+    assert ledger_check() == []
+
+
+def test_a_batch_with_one_short_hold_books_nothing(buyer, fund, earned):
+    fund(buyer.org.id, 10_000_000)
+    _place(buyer.org.id, 3_000_000, reference="relay:a")
+    _place(buyer.org.id, 1_000_000, reference="relay:b")
+    captures = [
+        HoldCapture("relay:a", [Posting(earned.id, 3_000_000)], "s"),
+        HoldCapture("relay:b", [Posting(earned.id, 1_000_001)], "s"),
+    ]
+
+    with pytest.raises(HoldExceeded):
+        _batch(captures)
+    with pytest.raises(HoldNotFound):
+        _batch([HoldCapture("relay:nope", [Posting(earned.id, 1)], "s")])
+
+    assert _held(buyer.org.id) == 4_000_000 == _open_holds_total(buyer.org.id)
+    assert not LedgerTransaction.objects.filter(idempotency_key__startswith="capture:").exists()
     assert ledger_check() == []
