@@ -17,6 +17,8 @@ from functools import cache
 from django.db import connection, models
 
 _INTEGER_TYPES = frozenset({"bigint", "integer", "smallint"})
+_TEXT_TYPES = frozenset({"varchar", "text"})
+_STR_ONLY = frozenset({str})
 
 
 def rows_insert(
@@ -38,6 +40,7 @@ def rows_insert(
         ]
         created = model.objects.bulk_create([model(**constants, **row) for row in rows])
         return [row.pk for row in created] if returning_ids else []
+    columns, constants = _fold_uniform(columns, constants, keep_first=True)
     names, arrays = _arrays(model, columns)
     constant_names = list(constants)
     sql = _insert_sql(model, tuple(names), tuple(constant_names), returning_ids)
@@ -86,7 +89,8 @@ def rows_update(
         with connection.cursor() as cursor:
             cursor.executemany(sql, rows)
         return
-    names, arrays = _arrays(model, {opts.pk.name: ids, **columns})
+    columns, constants = _fold_uniform({opts.pk.name: ids, **columns}, constants, keep_first=True)
+    names, arrays = _arrays(model, columns)
     constant_names = list(constants)
     sql = _update_sql(model, tuple(names), tuple(constant_names))
     with connection.cursor() as cursor:
@@ -98,15 +102,20 @@ def int_array(values) -> str:
 
     Safe to inline because every element is an int (bools excluded) or None; anything else raises.
     """
-    parts = []
-    for value in values:
-        if value is None:
-            parts.append("NULL")
-        elif type(value) is int:
-            parts.append(str(value))
-        else:
-            raise TypeError(f"not an int: {value!r}")
-    return "{" + ",".join(parts) + "}"
+    values = values if isinstance(values, list | tuple) else list(values)
+    # The type check runs over the whole column at C speed; at the engine's volume a check per
+    # element in Python cost more than the statement it feeds.
+    types = set(map(type, values))
+    if types <= _INT_ONLY:
+        return "{" + ",".join(map(str, values)) + "}"
+    if not types <= _INT_OR_NONE:
+        bad = next(value for value in values if type(value) not in _INT_OR_NONE)
+        raise TypeError(f"not an int: {bad!r}")
+    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+
+
+_INT_ONLY = frozenset({int})
+_INT_OR_NONE = frozenset({int, type(None)})
 
 
 def _row_count(columns: Mapping[str, Sequence]) -> int:
@@ -133,12 +142,53 @@ def _db_type(model, name: str) -> str:
     return model._meta.get_field(name).db_type(connection).split("(")[0]
 
 
+def _fold_uniform(
+    columns: Mapping[str, Sequence], constants: Mapping[str, object], *, keep_first: bool
+) -> tuple[dict, dict]:
+    """Move columns holding one value in every row (a batch's market, its expiry) to constants.
+
+    A constant is one parameter, where an array costs the driver a conversion per element. The
+    first column stays an array when `keep_first`: the statement reads its rows from it.
+    """
+    kept, folded = {}, dict(constants)
+    for index, (name, values) in enumerate(columns.items()):
+        if index == 0 and keep_first:
+            kept[name] = values
+            continue
+        try:
+            distinct = set(values)
+        except TypeError:  # unhashable values: leave the column as it is
+            distinct = None
+        # One value, and one type: True and 1 are equal, yet the column must get what it was given.
+        if distinct is not None and len(distinct) == 1 and len(set(map(type, values))) == 1:
+            folded[name] = values[0]
+        else:
+            kept[name] = values
+    return kept, folded
+
+
+def text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of strings: each quoted, its backslashes and quotes escaped.
+
+    Bound as one string and cast (`%s::varchar[]`), it costs one parameter, where the driver
+    would adapt a list element by element.
+    """
+    return (
+        "{"
+        + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values)
+        + "}"
+    )
+
+
 def _arrays(model, columns: Mapping[str, Sequence]) -> tuple[list[str], list]:
     names, arrays = [], []
     for name, values in columns.items():
         names.append(name)
         if _db_type(model, name) in _INTEGER_TYPES:
             arrays.append(int_array(values))
+        elif _db_type(model, name) in _TEXT_TYPES and set(map(type, values)) <= _STR_ONLY:
+            # The driver adapts a list of strings one element at a time, in Python.
+            arrays.append(text_array(values))
         else:
             arrays.append(list(values))
     return names, arrays

@@ -55,7 +55,6 @@ def _replay(order: Order, fingerprint: str) -> Order:
     return order
 
 
-@transaction.atomic(durable=True)
 def order_place(
     *,
     principal: Principal,
@@ -69,13 +68,14 @@ def order_place(
     stp: str = Stp.EXPIRE_TAKER,
     client_order_id: str | None = None,
     idempotency_key: str | None = None,
+    market: Market | None = None,
 ) -> Order:
     """Validate an order, insert it pending with its bid's hold, queue the match after commit.
 
     A retry with the same `idempotency_key` returns the first order, as it is now; the same key
-    with other parameters is refused.
+    with other parameters is refused. `market`, when the caller has already read the market of
+    `market_id`, saves reading it again.
     """
-    org = principal.org
     tif = tif_or_default(type, tif)
     fingerprint = _fingerprint(
         market_id=market_id,
@@ -88,12 +88,66 @@ def order_place(
         stp=stp,
         client_order_id=client_order_id,
     )
+    try:
+        return _order_insert(
+            principal=principal,
+            market_id=market_id,
+            market=market,
+            side=side,
+            type=type,
+            tif=tif,
+            price_micro=price_micro,
+            lots=lots,
+            post_only=post_only,
+            stp=stp,
+            client_order_id=client_order_id,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+    except IntegrityError:
+        # A concurrent twin committed first and this transaction rolled back whole; the unique
+        # constraints say which. Deciding it after the rollback rather than under a savepoint
+        # saves every order two round trips.
+        org = principal.org
+        if idempotency_key is not None:
+            first = Order.objects.filter(org=org, idempotency_key=idempotency_key).first()
+            if first is not None:
+                return _replay(first, fingerprint)
+        if client_order_id is not None and (
+            Order.objects.filter(org=org, client_order_id=client_order_id).exists()
+        ):
+            raise DuplicateClientOrderId(
+                fields={"client_order_id": ["Already used by your org."]}
+            ) from None
+        raise
+
+
+@transaction.atomic(durable=True)
+def _order_insert(
+    *,
+    principal: Principal,
+    market_id: int,
+    market: Market | None,
+    side: str,
+    type: str,
+    tif: str,
+    price_micro: int | None,
+    lots: int,
+    post_only: bool,
+    stp: str,
+    client_order_id: str | None,
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> Order:
+    """order_place's transaction: check, insert the order and its hold, queue the match."""
+    org = principal.org
     if idempotency_key is not None:
         first = Order.objects.filter(org=org, idempotency_key=idempotency_key).first()
         if first is not None:
             return _replay(first, fingerprint)
 
-    market = market_for_order(market_id)
+    if market is None or market.pk != market_id:
+        market = market_for_order(market_id)
     order_check(
         org=org,
         market=market,
@@ -113,35 +167,22 @@ def order_place(
         ask_capacity_check(org_id=org.id, market=market, lots=lots)
     hold_micro = bid_hold_micro(market, side=side, price_micro=price_micro, lots=lots)
 
-    try:
-        with transaction.atomic():
-            order = Order.objects.create(
-                org=org,
-                market=market,
-                created_by=principal.user,
-                side=side,
-                type=type,
-                tif=tif,
-                post_only=post_only,
-                stp=stp,
-                price_micro=price_micro,
-                lots=lots,
-                hold_micro=hold_micro,
-                client_order_id=client_order_id,
-                idempotency_key=idempotency_key,
-                request_fingerprint=fingerprint,
-            )
-    except IntegrityError:
-        # A concurrent twin committed first; the unique constraints say which.
-        if idempotency_key is not None:
-            first = Order.objects.filter(org=org, idempotency_key=idempotency_key).first()
-            if first is not None:
-                return _replay(first, fingerprint)
-        if client_order_id is not None:
-            raise DuplicateClientOrderId(
-                fields={"client_order_id": ["Already used by your org."]}
-            ) from None
-        raise
+    order = Order.objects.create(
+        org=org,
+        market=market,
+        created_by=principal.user,
+        side=side,
+        type=type,
+        tif=tif,
+        post_only=post_only,
+        stp=stp,
+        price_micro=price_micro,
+        lots=lots,
+        hold_micro=hold_micro,
+        client_order_id=client_order_id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+    )
     if hold_micro:
         hold_place(org_id=org.id, amount_micro=hold_micro, reference=order.hold_reference)
     market_match_task.delay_on_commit(market.id)

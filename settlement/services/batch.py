@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from core import locks
-from core.bulk import rows_insert, rows_update
+from core.bulk import rows_insert, rows_update, text_array
 from core.errors import InsufficientFunds
 from settlement.errors import UnbalancedTransaction
 from settlement.models import LedgerAccount, LedgerEntry, LedgerTransaction
@@ -55,6 +55,27 @@ def org_accounts_bulk(
     return found
 
 
+def _used_keys(keys: list[str]) -> set[str]:
+    if not keys:
+        return set()
+    if connection.vendor == "postgresql":
+        # One array parameter rather than an IN list of a thousand keys.
+        with connection.cursor() as cursor:
+            cursor.execute(_USED_KEYS_SQL, [text_array(keys)])
+            return {row[0] for row in cursor.fetchall()}
+    return set(
+        LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list(
+            "idempotency_key", flat=True
+        )
+    )
+
+
+_USED_KEYS_SQL = (
+    f"SELECT idempotency_key FROM {LedgerTransaction._meta.db_table}"  # noqa: S608
+    " WHERE idempotency_key = ANY(%s::varchar[])"
+)
+
+
 def ledger_post_batch(specs: Sequence[TransactionSpec]) -> int:
     """Write `specs` as balanced transactions in order; returns how many were written.
 
@@ -77,11 +98,7 @@ def ledger_post_batch(specs: Sequence[TransactionSpec]) -> int:
         if len({accounts[account_id].currency for account_id in spec.net}) != 1:
             raise UnbalancedTransaction(f"{spec.reference}: a transaction stays in one currency")
     keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
-    used_keys = set(
-        LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list(
-            "idempotency_key", flat=True
-        )
-    )
+    used_keys = _used_keys(keys)
     todo = [
         spec for spec in specs if spec.idempotency_key not in used_keys or not spec.idempotency_key
     ]

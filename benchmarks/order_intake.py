@@ -1,0 +1,478 @@
+"""Orders placed per second over HTTP with API keys, against gunicorn on PostgreSQL, beside pgbench.
+
+The project's WSGI application runs under gunicorn as its own process, bound to 127.0.0.1 on a
+free port, on a scratch database migrated and set up through the project's services: a staff
+operator, a provider org whose endpoint in the market is registered and verified, and one funded
+buyer org per client with an API key (scopes read and trade). `--clients` threads, each with its
+own keep-alive HTTP connection and its own buyer's key, POST limit bids to /api/v1/orders with
+a fresh Idempotency-Key for `--seconds`: each answer is a bid validated against the market's
+rules, inserted `pending` with its hold in the ledger, and its match task queued after commit
+(kombu's filesystem broker in a temporary folder; no worker runs, so the figure is intake
+alone). Only 201 and 200 answers count; anything else is reported as an error.
+
+gunicorn runs `--workers` processes of `--threads` threads (gthread, which keeps connections
+alive; the sync worker closes each one). The default for 2 cores is 2 workers of 4 threads:
+one process per core, and 8 request slots so that every client is served while others wait on
+PostgreSQL, which shares the same 2 cores with the clients.
+
+pgbench's TPC-B (`-c 8 -j 2`, scale 10) runs on the same server before and after the timed run;
+the reference is their mean. Target: at least 0.3x. `ledger_check` runs afterwards.
+
+    python -m benchmarks.order_intake [--seconds 20] [--clients 8] [--workers 2] [--threads 4]
+"""
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+
+from benchmarks.reference import (
+    ROOT,
+    _process_cpu_s,
+    django_setup,
+    pgbench_database,
+    scratch_database,
+)
+
+TARGET_RATIO = 0.3
+FUNDING_MICRO = 10**13
+MODEL = "bench-model"
+WARM_UP_ORDERS = 20  # per client, before the clock: connections, caches, first queries
+PASSWORD = "bench-only-password-7f3a"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prepare(clients: int) -> tuple[str, int, int, list[str]]:
+    """The market, its verified provider endpoint and funded buyers with keys.
+
+    Returns (symbol, reference price in micro-USD, tick in micro-USD, one API key per client).
+    """
+    from django.db import transaction
+
+    from accounts.models import Membership, Scope, User
+    from accounts.principal import Principal
+    from accounts.services import api_key_create, user_signup
+    from marketplace.models import Market, ModelTier, Region
+    from marketplace.services import endpoint_register, endpoint_verify
+    from settlement.models import LedgerAccount, LedgerTransaction
+    from settlement.services import ledger_post, org_account, platform_account, transfer
+
+    staff = User.objects.create_superuser("ops@bench.test", PASSWORD)
+    # There is no service that creates markets: the operator defines them in the admin, and the
+    # demo loads them as here (see manage.py demo_markets).
+    tier = ModelTier.objects.create(
+        name="Bench",
+        slug="bench",
+        min_context_tokens=128_000,
+        min_output_tokens_per_s=50,
+        max_ttft_ms=1_500,
+        max_output_tokens=16_384,
+        admitted_models=[MODEL],
+    )
+    region = Region.objects.create(code="bn", name="Bench")
+    market = Market.objects.create(
+        tier=tier,
+        region=region,
+        symbol="BENCH-BN",
+        lot_tokens=1_000_000,
+        tick_micro=10_000,
+        min_lots=1,
+        max_lots=10_000,
+        reference_price_micro=5_000_000,
+        band_bp=2_000,
+        output_weight_bp=60_000,
+        cache_weight_bp=1_000,
+        maker_fee_bp=10,
+        taker_fee_bp=25,
+        delivery_days=30,
+        expiry_policy=Market.ExpiryPolicy.REFUND,
+    )
+
+    provider_user, provider_org = user_signup(
+        email="provider@bench.test",
+        password=PASSWORD,
+        org_name="Bench provider",
+        is_buyer=False,
+        is_provider=True,
+    )
+    provider = Principal.for_membership(
+        Membership.objects.select_related("org", "user").get(user=provider_user, org=provider_org)
+    )
+    endpoint = endpoint_register(
+        principal=provider,
+        market_id=market.id,
+        base_url="https://provider.bench.test/v1",
+        models=[MODEL],
+        capacity_tokens_per_day=10**12,
+    )
+    endpoint_verify(actor=staff, endpoint_id=endpoint.id)
+
+    clearing = platform_account(kind=LedgerAccount.Kind.STRIPE_CLEARING)
+    keys = []
+    for index in range(clients):
+        user, org = user_signup(
+            email=f"buyer{index}@bench.test", password=PASSWORD, org_name=f"Bench buyer {index}"
+        )
+        # Credit the buyer as a verified top-up does: clearing to available, in the ledger.
+        with transaction.atomic(durable=True):
+            ledger_post(
+                kind=LedgerTransaction.Kind.TRANSFER,
+                postings=transfer(
+                    clearing,
+                    org_account(org_id=org.id, kind=LedgerAccount.Kind.AVAILABLE),
+                    FUNDING_MICRO,
+                ),
+                reference="bench funding",
+            )
+        membership = Membership.objects.select_related("org", "user").get(user=user, org=org)
+        _, secret = api_key_create(
+            principal=Principal.for_membership(membership),
+            name="bench",
+            scopes=[Scope.READ, Scope.TRADE],
+        )
+        keys.append(secret)
+    return market.symbol, market.reference_price_micro, market.tick_micro, keys
+
+
+def _start_gunicorn(
+    port: int, env: dict, *, workers: int, threads: int, log_path: Path
+) -> subprocess.Popen:
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi:application"]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    command += ["--worker-class", "gthread", "--threads", str(threads)]
+    command += ["--keep-alive", "60", "--log-level", "warning", "--error-logfile", str(log_path)]
+    # No control socket: its default path is one per user, shared with any other gunicorn.
+    command += ["--no-control-socket"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}; see its log")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    _stop(process)
+    raise RuntimeError(f"gunicorn did not start on port {port}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop gunicorn's master, which stops its workers; kill what is left after 20 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)  # its own process group: the master and its workers
+        process.wait(timeout=10)
+
+
+class Client(threading.Thread):
+    """One buyer: a keep-alive connection, bids in a loop until the deadline."""
+
+    def __init__(self, index: int, base_url: str, key: str, market: dict, start: threading.Event):
+        super().__init__(name=f"client-{index}", daemon=True)
+        self.base_url = base_url
+        self.key = key
+        self.market = market
+        self.start_event = start
+        self.rng = random.Random(index)
+        self.deadline = 0.0
+        self.latencies_s: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.failure: str | None = None
+        self.ready = threading.Event()
+
+    def _body(self) -> dict:
+        market = self.market
+        # Bids up to 1 % below the reference price: inside the band, on the tick.
+        ticks_below = self.rng.randint(0, market["reference_micro"] // market["tick_micro"] // 100)
+        price_micro = market["reference_micro"] - ticks_below * market["tick_micro"]
+        return {
+            "market": market["symbol"],
+            "side": "buy",
+            "type": "limit",
+            "price": f"{price_micro // 10**6}.{price_micro % 10**6:06d}",
+            "lots": self.rng.randint(1, 20),
+        }
+
+    def _post(self, http):
+        return http.post(
+            "/api/v1/orders",
+            json=self._body(),
+            headers={"Idempotency-Key": f"bench-{uuid.uuid4().hex}"},
+        )
+
+    def run(self) -> None:
+        import httpx
+
+        try:
+            # trust_env off: no proxy from the environment; every request stays on loopback.
+            with httpx.Client(
+                base_url=self.base_url,
+                headers={"Authorization": f"Bearer {self.key}"},
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                timeout=30,
+                trust_env=False,
+            ) as http:
+                for _ in range(WARM_UP_ORDERS):
+                    response = self._post(http)
+                    if response.status_code not in (200, 201):
+                        raise RuntimeError(
+                            f"a warm-up order answered {response.status_code}: "
+                            f"{response.text[:300]}"
+                        )
+                self.ready.set()
+                self.start_event.wait()
+                clock = time.perf_counter
+                now = clock()
+                while now < self.deadline:
+                    try:
+                        status = self._post(http).status_code
+                    except httpx.HTTPError as error:
+                        status = type(error).__name__
+                    finished = clock()
+                    if status in (200, 201):
+                        self.latencies_s.append(finished - now)
+                    else:
+                        self.errors[str(status)] = self.errors.get(str(status), 0) + 1
+                    now = finished
+        except Exception as error:  # reported by the main thread
+            self.failure = f"{type(error).__name__}: {error}"
+            self.ready.set()
+
+
+def _server_pids(gunicorn_pid: int, url: str) -> tuple[list[int], list[int]]:
+    """The gunicorn workers (children of the master) and the database's backends but ours."""
+    try:
+        workers = [
+            int(pid)
+            for pid in Path(f"/proc/{gunicorn_pid}/task/{gunicorn_pid}/children")
+            .read_text()
+            .split()
+        ]
+    except OSError:
+        workers = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        backends = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    return workers, backends
+
+
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    return {pid: cpu for pid in pids if (cpu := _process_cpu_s(pid)) is not None}
+
+
+def _cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU the processes used between two readings; one that started in between counts whole."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def _load(
+    base_url: str, keys: list[str], market: dict, seconds: float, *, gunicorn_pid: int, url: str
+) -> dict:
+    """Run one client thread per key for `seconds`, all starting together.
+
+    Also reads the CPU that gunicorn's workers and the database's backends used in the window,
+    from /proc: what an order costs the server, which other load on the machine moves less than
+    the throughput. Both are None where /proc is not readable (the server on another host).
+    """
+    start = threading.Event()
+    clients = [Client(index, base_url, key, market, start) for index, key in enumerate(keys)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.ready.wait(timeout=120)
+    failures = [client.failure for client in clients if client.failure]
+    if failures:
+        start.set()
+        raise RuntimeError(f"{len(failures)} client(s) failed to start; the first: {failures[0]}")
+    workers, backends = _server_pids(gunicorn_pid, url)
+    workers_before, backends_before = _cpu_s(workers), _cpu_s(backends)
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    for client in clients:
+        client.deadline = started + seconds
+    start.set()
+    for client in clients:
+        client.join(timeout=seconds + 120)
+    elapsed = time.perf_counter() - started
+    client_cpu_s = time.process_time() - cpu_before
+    workers_after, backends_after = (_cpu_s(pids) for pids in _server_pids(gunicorn_pid, url))
+    errors: dict[str, int] = {}
+    for client in clients:
+        for status, count in client.errors.items():
+            errors[status] = errors.get(status, 0) + count
+    latencies = sorted(latency for client in clients for latency in client.latencies_s)
+    return {
+        "orders": len(latencies),
+        "seconds": elapsed,
+        "latencies": latencies,
+        "errors": errors,
+        "client_cpu_s": client_cpu_s,
+        "gunicorn_cpu_s": _cpu_used_s(workers_before, workers_after) if workers_after else None,
+        "database_cpu_s": _cpu_used_s(backends_before, backends_after) if backends_after else None,
+        "failures": [client.failure for client in clients if client.failure],
+    }
+
+
+def _quantile_ms(ordered: list[float], quantile: float) -> float:
+    if not ordered:
+        return 0.0
+    return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+
+def _cpu_per_order(run: dict) -> str:
+    def per_order(cpu_s: float | None) -> str:
+        return "n/a" if cpu_s is None else f"{1e6 * cpu_s / max(1, run['orders']):,.0f}"
+
+    return " / ".join(
+        per_order(run[key]) for key in ("client_cpu_s", "gunicorn_cpu_s", "database_cpu_s")
+    )
+
+
+def _outcome() -> dict:
+    from django.db.models import Count
+
+    from marketplace.models import Order
+    from settlement.models import Hold
+    from settlement.services import ledger_check
+
+    statuses = dict(Order.objects.values_list("status").annotate(n=Count("id")))
+    return {
+        "orders": sum(statuses.values()),
+        "statuses": statuses,
+        "holds": Hold.objects.count(),
+        "problems": ledger_check(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20, help="length of the timed run")
+    parser.add_argument("--clients", type=int, default=8, help="client threads, one buyer each")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--pgbench-seconds", type=int, default=None, help="each pgbench run (default: --seconds)"
+    )
+    args = parser.parse_args()
+    pgbench_seconds = args.pgbench_seconds or max(1, round(args.seconds))
+
+    var_dir = Path(tempfile.mkdtemp(prefix="tx-bench-intake-"))
+    (var_dir / "static").mkdir()  # whitenoise warns at start when STATIC_ROOT is missing
+    # The server and this process share the broker folder and nothing else on disk.
+    os.environ["VAR_DIR"] = str(var_dir)
+    os.environ.pop("CELERY_BROKER_URL", None)
+    os.environ.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    gunicorn = None
+    try:
+        with pgbench_database(scale=10) as pgbench, scratch_database("tx_bench_intake") as url:
+            django_setup(url, migrate=True)
+            from django.db import connections
+
+            symbol, reference_micro, tick_micro, keys = _prepare(args.clients)
+            connections.close_all()
+            env = {**os.environ, "DATABASE_URL": url, "DEBUG": "false"}
+            port = _free_port()
+            log_path = var_dir / "gunicorn.log"
+            gunicorn = _start_gunicorn(
+                port, env, workers=args.workers, threads=args.threads, log_path=log_path
+            )
+            market = {
+                "symbol": symbol,
+                "reference_micro": reference_micro,
+                "tick_micro": tick_micro,
+            }
+            before = pgbench.tps(clients=8, jobs=2, seconds=pgbench_seconds)
+            run = _load(
+                f"http://127.0.0.1:{port}",
+                keys,
+                market,
+                args.seconds,
+                gunicorn_pid=gunicorn.pid,
+                url=url,
+            )
+            after = pgbench.tps(clients=8, jobs=2, seconds=pgbench_seconds)
+            _stop(gunicorn)
+            server_log = log_path.read_text().strip() if log_path.exists() else ""
+            outcome = _outcome()
+            connections.close_all()
+    except BaseException:
+        log_path = var_dir / "gunicorn.log"
+        if log_path.exists():
+            print("gunicorn's log, to the failure:", file=sys.stderr)
+            print(log_path.read_text()[-4000:], file=sys.stderr)
+        raise
+    finally:
+        if gunicorn is not None:
+            _stop(gunicorn)
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+    reference = statistics.fmean([before, after])
+    rate = run["orders"] / run["seconds"] if run["seconds"] else 0.0
+    ratio = rate / reference if reference else 0.0
+    errors = ", ".join(f"{status}: {n:,}" for status, n in sorted(run["errors"].items())) or "none"
+    statuses = outcome["statuses"]
+    rows = [
+        (f"orders/s, {args.clients} clients over HTTP", f"{rate:,.0f}"),
+        ("pgbench TPC-B TPS, -c 8 -j 2 (mean)", f"{reference:,.0f}"),
+        ("pgbench before / after", f"{before:,.0f} / {after:,.0f}"),
+        (
+            "p50 / p99 latency ms",
+            f"{_quantile_ms(run['latencies'], 0.5):.1f} / "
+            f"{_quantile_ms(run['latencies'], 0.99):.1f}",
+        ),
+        ("orders answered 201/200 / seconds", f"{run['orders']:,} / {run['seconds']:.1f}"),
+        ("errors (other answers)", errors),
+        ("CPU us/order: client / gunicorn / db", _cpu_per_order(run)),
+        ("gunicorn", f"{args.workers} gthread workers x {args.threads} threads"),
+        ("orders in the database (+ warm-ups)", f"{outcome['orders']:,}"),
+        ("pending / holds", f"{statuses.get('pending', 0):,} / {outcome['holds']:,}"),
+        (
+            "ledger_check after the run",
+            f"{len(outcome['problems'])} BREACHES" if outcome["problems"] else "clean",
+        ),
+    ]
+    print("== order intake (POST /api/v1/orders with API keys, gunicorn, PostgreSQL)")
+    for label, value in rows:
+        print(f"   {label:<40} {value:>14}")
+    verdict = "PASS" if ratio >= TARGET_RATIO else "BELOW TARGET"
+    print(f"   {'ratio':<40} {ratio:13.2f}x   target >= {TARGET_RATIO}x   {verdict}")
+    for problem in outcome["problems"]:
+        print(f"   BREACH: {problem}")
+    for failure in run["failures"]:
+        print(f"   CLIENT FAILED: {failure}")
+    if server_log:
+        print("   gunicorn reported:")
+        for line in server_log.splitlines()[-10:]:
+            print(f"     {line}")
+
+
+if __name__ == "__main__":
+    main()
