@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
@@ -82,15 +82,6 @@ Kind = LedgerAccount.Kind
 TxnKind = LedgerTransaction.Kind
 
 ENTITLEMENTS_PER_BATCH = 1_000
-# The runs' lock: a transaction-scoped advisory lock on two keys, a key space apart from the
-# one-key locks the markets take (core.locks.market_lock). SQLite has one writer and needs none.
-_RUNS_LOCK_KEYS = (0x5E77, 1)
-
-
-def _runs_lock() -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(_RUNS_LOCK_KEYS))
 
 
 def _check_period(period_start: datetime, period_end: datetime) -> None:
@@ -159,7 +150,7 @@ TOTALS = (
 def _run_once(
     *, period_start: datetime, period_end: datetime, actor: User | None, now: datetime
 ) -> SettlementRun:
-    _runs_lock()
+    locks.settlement_run_locks()
     SettlementRun.objects.bulk_create(
         [SettlementRun(period_start=period_start, period_end=period_end, started_by=actor)],
         ignore_conflicts=True,
@@ -278,9 +269,9 @@ def _settle(run: SettlementRun, *, now: datetime, totals: Totals) -> None:
     )
     entitlements = {
         e.id: e
-        for e in Entitlement.objects.select_for_update()
-        .filter(id__in=sorted({eid for eid, _ in drawn} | closing_ids), status="open")
-        .order_by("id")
+        for e in locks.entitlements_for_update(
+            Q(id__in=sorted({eid for eid, _ in drawn} | closing_ids), status="open")
+        )
     }
     settled = _settled(entitlements)
     dues = {eid: _Due(entitlement=e) for eid, e in entitlements.items()}
