@@ -272,8 +272,13 @@ class RelayApp:
         client = self._client()
         url = candidate.base_url + path[len("/v1") :]
         sent_at = time.monotonic()
+        # The provider sees the relay's request id, so the usage it reports for this request
+        # is matched with the relay's record instead of being metered a second time.
         request = client.build_request(
-            "POST", url, content=payload, headers={"content-type": "application/json"}
+            "POST",
+            url,
+            content=payload,
+            headers={"content-type": "application/json", "x-request-id": admission.request_id},
         )
         try:
             response = await client.send(request, stream=True)

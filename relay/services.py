@@ -10,6 +10,7 @@ the market's maker fee, to the platform's fees). Each of these runs in one trans
 own; no provider is called inside one.
 """
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from accounts.keys import key_digest
 from accounts.models import Scope
 from core import locks
 from core.errors import InsufficientFunds as LedgerInsufficientFunds
+from core.units import bp_floor
 from relay import limits
 from relay.captures import Capture, capture_book, capture_enqueue
 from relay.errors import (
@@ -52,7 +54,7 @@ from relay.selectors import (
     route_cache_clear,
     route_get,
 )
-from settlement.models import Entitlement, Hold
+from settlement.models import Entitlement, Hold, UsageDraw, UsageRecord
 from settlement.services import hold_place, hold_release
 
 
@@ -386,11 +388,12 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
             ),
         )
     entitlement_id = funding.entitlement_id if funding is not None else None
+    is_drawn = False
     if entitlement_id is not None:
         locks.row_for_update("settlement.Entitlement", entitlement_id)
         _unreserve(admission)
         if cost:
-            _draw_entitlement(admission, funding, outcome, cost)
+            is_drawn = _draw_entitlement(admission, funding, outcome, cost)
     is_capture = bool(cost and entitlement_id is None)
     if admission.hold_micro:
         # The cost stays held under the request's hold: the buyer can spend it on nothing else,
@@ -408,6 +411,8 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
             provider_fee_bp=funding.provider_fee_bp,
         )
         transaction.on_commit(lambda: capture_enqueue(capture))
+    if cost:
+        _record_usage(admission, funding, outcome, cost=cost, is_drawn=is_drawn)
     return RelayRequest.objects.create(
         request_id=admission.request_id,
         api_key_id=admission.api_key_id,
@@ -434,12 +439,71 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
     )
 
 
-def _draw_entitlement(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> None:
-    """Count the tokens against the entitlement; settlement moves escrow to the provider later."""
+def _draw_entitlement(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> bool:
+    """Count the tokens against the entitlement; settlement moves escrow to the provider later.
+
+    The reservation made at admission covers the worst case, so the draw fits; False (nothing
+    drawn, the usage recorded as unfunded) only if the entitlement changed under it anyway.
+    """
     billable = outcome.tokens.billable(funding.weights)
-    Entitlement.objects.filter(
-        pk=funding.entitlement_id, tokens_used__lte=F("tokens_bought") - billable
-    ).update(tokens_used=F("tokens_used") + billable)
+    return bool(
+        Entitlement.objects.filter(
+            pk=funding.entitlement_id, tokens_used__lte=F("tokens_bought") - billable
+        ).update(tokens_used=F("tokens_used") + billable)
+    )
+
+
+def _record_usage(
+    admission: Admission, funding: Funding, outcome: Outcome, *, cost: int, is_drawn: bool
+) -> None:
+    """Write the relay's usage record, the primary meter of this request, and its draw.
+
+    Reconciliation compares it with what the provider and the buyer report, and the settlement
+    run pays the provider for the hour's draws from it (settlement.services.settlement_runs).
+    The money already moved at settle: nothing here posts to the ledger.
+    """
+    billable = outcome.tokens.billable(admission.market_weights)
+    if billable <= 0:
+        return
+    ended_at = timezone.now()
+    record = UsageRecord(
+        source=UsageRecord.Source.RELAY,
+        source_org=None,
+        request_id=admission.request_id,
+        batch_id=uuid.uuid4(),
+        market_id=admission.market_id,
+        buyer_org_id=admission.org_id,
+        provider_org_id=outcome.provider_org_id,
+        model=admission.model,
+        input_tokens=outcome.tokens.input_tokens,
+        cached_input_tokens=outcome.tokens.cached_input_tokens,
+        output_tokens=outcome.tokens.output_tokens,
+        billable_tokens=billable,
+        output_weight_bp=admission.market_weights.output_weight_bp,
+        cache_weight_bp=admission.market_weights.cache_weight_bp,
+        is_estimated=outcome.is_estimated,
+        is_primary=True,
+        started_at=ended_at - timedelta(milliseconds=outcome.duration_ms),
+        ended_at=ended_at,
+        metered_at=ended_at,
+    )
+    if funding.entitlement_id is None:
+        record.payg_tokens = billable
+        record.payg_price_micro = funding.price_micro
+        record.payg_cost_micro = cost
+        record.payg_fee_micro = bp_floor(cost, funding.provider_fee_bp)
+    elif is_drawn:
+        record.entitlement_tokens = billable
+    else:
+        record.unfunded_tokens, record.unfunded_micro = billable, cost
+    record.save()
+    if funding.entitlement_id is not None and is_drawn:
+        UsageDraw.objects.create(
+            usage_record=record,
+            entitlement_id=funding.entitlement_id,
+            tokens=outcome.tokens.billable(funding.weights),
+            covered_tokens=billable,
+        )
 
 
 def _give_back_limits(admission: Admission, outcome: Outcome, cost: int) -> None:

@@ -196,13 +196,14 @@ def _topup_ids(credited: dict) -> list[int]:
 def _usage_matches_ledger_and_entitlements() -> list[str]:
     """Pay-as-you-go records were charged exactly once, and draws stay within what was used.
 
-    An entitlement's tokens_used may exceed its usage draws (the relay draws directly), never
-    fall short of them.
+    Only ingested records are charged from `available` here; the relay charges its requests
+    through their holds (`relay:<request id>`), which the held-equals-open-holds check covers.
+    An entitlement's tokens_used may exceed its usage draws, never fall short of them.
     """
     charged = (
-        UsageRecord.objects.filter(payg_cost_micro__gt=0).aggregate(total=Sum("payg_cost_micro"))[
-            "total"
-        ]
+        UsageRecord.objects.filter(payg_cost_micro__gt=0)
+        .exclude(source=UsageRecord.Source.RELAY)
+        .aggregate(total=Sum("payg_cost_micro"))["total"]
         or 0
     )
     debited = -(
