@@ -1,0 +1,354 @@
+"""REST API for what was bought and used: entitlements, usage ingestion, a buyer's credit."""
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Scope
+from core.api import (
+    CreatedAtCursorPagination,
+    MoneyField,
+)
+from settlement import selectors
+from settlement.models import Entitlement
+from settlement.services.usage import MAX_BATCH_RECORDS, REJECTION_CODES, UsageInput, usage_ingest
+
+
+class EntitlementListApi(APIView):
+    """The tokens the caller org bought (role buyer) or sold (role provider), with their use."""
+
+    required_scope = Scope.READ
+    pagination_class = CreatedAtCursorPagination  # read by the schema: the list comes in pages
+
+    class FilterSerializer(serializers.Serializer):
+        role = serializers.ChoiceField(
+            choices=selectors.ENTITLEMENT_ROLES, required=False, default="buyer"
+        )
+        market = serializers.CharField(required=False, max_length=32)
+        status = serializers.ChoiceField(choices=Entitlement.Status.choices, required=False)
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        trade_id = serializers.IntegerField()
+        market = serializers.CharField(source="market.symbol")
+        buyer_org_id = serializers.IntegerField()
+        provider_org_id = serializers.IntegerField()
+        status = serializers.ChoiceField(choices=Entitlement.Status.choices)
+        tokens_bought = serializers.IntegerField(help_text="Billable tokens.")
+        tokens_used = serializers.IntegerField()
+        tokens_left = serializers.IntegerField()
+        price = MoneyField(source="price_micro", help_text="USD per 1M billable tokens.")
+        value = MoneyField(source="value_micro", help_text="Paid into escrow at the trade.")
+        charged = MoneyField(source="charged_micro", help_text="Moved on to the provider so far.")
+        escrow_left = MoneyField(source="escrow_left_micro")
+        output_weight_bp = serializers.IntegerField()
+        cache_weight_bp = serializers.IntegerField()
+        provider_fee_bp = serializers.IntegerField()
+        expiry_policy = serializers.ChoiceField(choices=Entitlement.ExpiryPolicy.choices)
+        expires_at = serializers.DateTimeField()
+        created_at = serializers.DateTimeField()
+        closed_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema(
+        operation_id="entitlements_list",
+        parameters=[
+            OpenApiParameter(
+                "role",
+                str,
+                enum=list(selectors.ENTITLEMENT_ROLES),
+                description="buyer (default): what you bought; provider: what you sold.",
+            ),
+            OpenApiParameter("market", str, description="Market symbol."),
+            OpenApiParameter("status", str, enum=Entitlement.Status.values),
+            OpenApiParameter("cursor", str, description="From the previous page's next link."),
+            OpenApiParameter("page_size", int, description="Up to 500; default 50."),
+        ],
+        responses=OutputSerializer(many=True),
+        tags=["money"],
+        examples=[
+            OpenApiExample(
+                "An entitlement bought",
+                value={
+                    "id": 7,
+                    "trade_id": 981,
+                    "market": "FRONTIER-EU",
+                    "buyer_org_id": 12,
+                    "provider_org_id": 3,
+                    "status": "open",
+                    "tokens_bought": 4000000,
+                    "tokens_used": 1500000,
+                    "tokens_left": 2500000,
+                    "price": "5.010000",
+                    "value": "20.040000",
+                    "charged": "7.515000",
+                    "escrow_left": "12.525000",
+                    "output_weight_bp": 60000,
+                    "cache_weight_bp": 1000,
+                    "provider_fee_bp": 10,
+                    "expiry_policy": "refund",
+                    "expires_at": "2026-01-31T12:00:00Z",
+                    "created_at": "2026-01-01T12:00:00Z",
+                    "closed_at": None,
+                },
+                response_only=True,
+            )
+        ],
+    )
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        wanted = filters.validated_data
+        entitlements = selectors.entitlement_list(
+            org_id=request.auth.org.id,
+            role=wanted["role"],
+            market_symbol=wanted.get("market"),
+            status=wanted.get("status"),
+        )
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(entitlements, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+class UsageIngestApi(APIView):
+    """Report a batch of usage; each record is answered accepted, duplicate or rejected."""
+
+    required_scope = Scope.USAGE_WRITE
+
+    class InputSerializer(serializers.Serializer):
+        class RecordSerializer(serializers.Serializer):
+            request_id = serializers.RegexField(
+                r"^[!-~]{1,128}$",
+                help_text="Your id of the request, 1-128 visible ASCII characters. Unique per "
+                "reporting org and side: a record sent again is answered with the first result.",
+            )
+            market = serializers.CharField(max_length=32, help_text="Market symbol.")
+            counterparty = serializers.CharField(
+                max_length=140,
+                help_text="The other org's slug: the buyer you served, or the provider that "
+                "served you.",
+            )
+            model = serializers.CharField(max_length=120)
+            input_tokens = serializers.IntegerField(help_text="Uncached input tokens.")
+            cached_input_tokens = serializers.IntegerField(default=0)
+            output_tokens = serializers.IntegerField(help_text="Reasoning tokens count as output.")
+            started_at = serializers.DateTimeField()
+            ended_at = serializers.DateTimeField()
+            is_estimated = serializers.BooleanField(
+                default=False, help_text="Counted from the text, not from the model's usage."
+            )
+
+        source = serializers.ChoiceField(
+            choices=["provider", "buyer"],
+            required=False,
+            help_text="Which side reports; needed only when your org both buys and provides.",
+        )
+        records = serializers.ListField(
+            child=RecordSerializer(), min_length=1, max_length=MAX_BATCH_RECORDS
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        class ResultSerializer(serializers.Serializer):
+            class RecordSerializer(serializers.Serializer):
+                id = serializers.IntegerField()
+                source = serializers.CharField()
+                is_primary = serializers.BooleanField(
+                    help_text="False: kept to reconcile against the primary meter's figure."
+                )
+                billable_tokens = serializers.IntegerField()
+                entitlement_tokens = serializers.IntegerField()
+                payg_tokens = serializers.IntegerField()
+                payg_price = MoneyField(source="payg_price_micro", help_text="Per 1M tokens.")
+                payg_cost = MoneyField(source="payg_cost_micro")
+                unfunded_tokens = serializers.IntegerField()
+                unfunded = MoneyField(
+                    source="unfunded_micro", help_text="Owed; the buyer's balance did not cover it."
+                )
+                received_at = serializers.DateTimeField()
+
+            index = serializers.IntegerField(help_text="Position of the record in the request.")
+            request_id = serializers.CharField()
+            status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
+            code = serializers.CharField(help_text="Why it was rejected; empty otherwise.")
+            message = serializers.CharField()
+            record = RecordSerializer(allow_null=True)
+
+        accepted = serializers.IntegerField()
+        duplicates = serializers.IntegerField()
+        rejected = serializers.IntegerField()
+        results = ResultSerializer(many=True)
+
+    @extend_schema(
+        operation_id="usage_ingest",
+        request=InputSerializer,
+        responses=OutputSerializer,
+        tags=["usage"],
+        description=(
+            f"Up to {MAX_BATCH_RECORDS:,} records. Providers report the buyers they served, "
+            "buyers the providers that served them. A bad record never blocks the others; the "
+            "accepted ones are stored (and the primary meter's drawn down and charged) "
+            "together, or not at all. Rejection codes: "
+            + "; ".join(f"`{code}`: {text}" for code, text in REJECTION_CODES.items())
+        ),
+        examples=[
+            OpenApiExample(
+                "A provider reports two requests",
+                request_only=True,
+                value={
+                    "records": [
+                        {
+                            "request_id": "req-7f3a",
+                            "market": "FRONTIER-EU",
+                            "counterparty": "acme",
+                            "model": "gpt-5.5",
+                            "input_tokens": 1200,
+                            "cached_input_tokens": 800,
+                            "output_tokens": 350,
+                            "started_at": "2026-11-25T10:00:00Z",
+                            "ended_at": "2026-11-25T10:00:04Z",
+                        },
+                        {
+                            "request_id": "req-7f3b",
+                            "market": "FRONTIER-EU",
+                            "counterparty": "acme",
+                            "model": "gpt-5.5",
+                            "input_tokens": -5,
+                            "output_tokens": 10,
+                            "started_at": "2026-11-25T10:00:05Z",
+                            "ended_at": "2026-11-25T10:00:06Z",
+                        },
+                    ]
+                },
+            ),
+            OpenApiExample(
+                "One accepted, one rejected",
+                response_only=True,
+                value={
+                    "accepted": 1,
+                    "duplicates": 0,
+                    "rejected": 1,
+                    "results": [
+                        {
+                            "index": 0,
+                            "request_id": "req-7f3a",
+                            "status": "accepted",
+                            "code": "",
+                            "message": "",
+                            "record": {
+                                "id": 41,
+                                "source": "provider",
+                                "is_primary": True,
+                                "billable_tokens": 22280,
+                                "entitlement_tokens": 22280,
+                                "payg_tokens": 0,
+                                "payg_price": "0.000000",
+                                "payg_cost": "0.000000",
+                                "unfunded_tokens": 0,
+                                "unfunded": "0.000000",
+                                "received_at": "2026-11-25T10:01:00Z",
+                            },
+                        },
+                        {
+                            "index": 1,
+                            "request_id": "req-7f3b",
+                            "status": "rejected",
+                            "code": "negative_tokens",
+                            "message": REJECTION_CODES["negative_tokens"],
+                            "record": None,
+                        },
+                    ],
+                },
+            ),
+        ],
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        results = usage_ingest(
+            principal=request.auth,
+            records=[UsageInput(**record) for record in data.validated_data["records"]],
+            source=data.validated_data.get("source"),
+        )
+        counts = {status: 0 for status in ("accepted", "duplicate", "rejected")}
+        for result in results:
+            counts[result.status] += 1
+        body = {
+            "accepted": counts["accepted"],
+            "duplicates": counts["duplicate"],
+            "rejected": counts["rejected"],
+            "results": results,
+        }
+        return Response(self.OutputSerializer(body).data)
+
+
+class CreditGetApi(APIView):
+    """How many billable tokens a buyer can still draw from the calling provider."""
+
+    required_scope = Scope.READ
+
+    class FilterSerializer(serializers.Serializer):
+        buyer = serializers.CharField(max_length=140, help_text="The buyer org's slug.")
+        market = serializers.CharField(max_length=32, help_text="Market symbol.")
+
+    class OutputSerializer(serializers.Serializer):
+        buyer = serializers.CharField(source="buyer.slug")
+        market = serializers.CharField(source="market.symbol")
+        billable_tokens = serializers.IntegerField(help_text="Entitlement plus pay-as-you-go.")
+        entitlement_tokens = serializers.IntegerField(
+            help_text="Left on the buyer's open entitlements from you in this market."
+        )
+        payg_tokens = serializers.IntegerField(
+            help_text="What the buyer's available balance covers at the reference price."
+        )
+        reference_price = MoneyField(
+            source="reference_price.price_micro", help_text="Pay-as-you-go price per 1M tokens."
+        )
+        reference_price_rule = serializers.ChoiceField(
+            source="reference_price.rule",
+            choices=["vwap_24h", "best_ask", "list"],
+            help_text="Last 24 hours' VWAP, else the best ask, else the market's list price.",
+        )
+        unfunded_tokens = serializers.IntegerField(
+            help_text="Pay-as-you-go tokens you served that the buyer's balance did not cover."
+        )
+        unfunded = MoneyField(source="unfunded_micro", help_text="What those tokens cost.")
+
+    @extend_schema(
+        operation_id="credit_get",
+        parameters=[FilterSerializer],
+        responses=OutputSerializer,
+        tags=["usage"],
+        description=(
+            "For providers: stop serving a buyer before this reaches zero. Only buyers with "
+            "entitlements from you in the market are found."
+        ),
+        examples=[
+            OpenApiExample(
+                "A buyer with entitlements and some balance",
+                response_only=True,
+                value={
+                    "buyer": "acme",
+                    "market": "FRONTIER-EU",
+                    "billable_tokens": 3_400_000,
+                    "entitlement_tokens": 2_000_000,
+                    "payg_tokens": 1_400_000,
+                    "reference_price": "5.000000",
+                    "reference_price_rule": "vwap_24h",
+                    "unfunded_tokens": 0,
+                    "unfunded": "0.000000",
+                },
+            )
+        ],
+    )
+    def get(self, request):
+        query = self.FilterSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        credit = selectors.credit_get(
+            provider_org=request.auth.org,
+            buyer_slug=query.validated_data["buyer"],
+            market_symbol=query.validated_data["market"],
+        )
+        return Response(self.OutputSerializer(credit).data)
+
+
+# Payouts and withdrawals
