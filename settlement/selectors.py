@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import Org
 from core.errors import ValidationFailed
-from core.units import TOKENS_PER_PRICE_UNIT, div_floor
+from core.units import TOKENS_PER_PRICE_UNIT, div_floor, money_format
 from settlement.errors import (
     CreditBuyerNotFound,
     CreditNotAProvider,
@@ -22,6 +22,7 @@ from settlement.models import (
     LedgerAccount,
     LedgerEntry,
     PaygMeter,
+    PayoutAccount,
     TopUp,
 )
 from settlement.models.ledger import CURRENCY_USD
@@ -325,3 +326,36 @@ def discrepancy_list(*, org_id: int, status: str | None = None):
     if status is not None:
         discrepancies = discrepancies.filter(status=status)
     return discrepancies.select_related("market").order_by("-id")
+
+
+# Statement totals and CSV rows, shared by the REST API and the portal so both print the same
+# figures. Appended here; the rows come from statement_rows above.
+
+STATEMENT_CSV_HEADER = ("account", "currency", "opening", "credits", "debits", "closing")
+
+
+def statement_totals(rows: list[StatementRow]) -> dict[str, tuple[int, int, int, int]]:
+    """(opening, credits, debits, closing) in micro-USD over all the rows, per currency."""
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        running = totals.setdefault(row.currency, [0, 0, 0, 0])
+        figures = (row.opening_micro, row.credits_micro, row.debits_micro, row.closing_micro)
+        for i, figure in enumerate(figures):
+            running[i] += figure
+    return {currency: tuple(figures) for currency, figures in sorted(totals.items())}
+
+
+def statement_csv_rows(rows: list[StatementRow]) -> list[list[str]]:
+    """A statement as CSV rows: the header, one row per account, then a total per currency."""
+    lines = [list(STATEMENT_CSV_HEADER)]
+    for row in rows:
+        figures = (row.opening_micro, row.credits_micro, row.debits_micro, row.closing_micro)
+        lines.append([row.account_kind, row.currency, *map(money_format, figures)])
+    for currency, figures in statement_totals(rows).items():
+        lines.append(["total", currency, *map(money_format, figures)])
+    return lines
+
+
+def payout_account_get(*, org_id: int) -> PayoutAccount | None:
+    """The org's payout account, or None before it first asked to be connected."""
+    return PayoutAccount.objects.filter(org_id=org_id).first()

@@ -22,7 +22,7 @@ from settlement.models import (
 from settlement.selectors import account_balance
 from settlement.services import discrepancy_resolve, ledger_check
 from settlement.services.reconciliation import is_within_tolerance
-from tests.accounts.factories import MembershipFactory
+from tests.accounts.factories import MembershipFactory, UserFactory
 from tests.settlement import usage_setup
 from tests.settlement.settlement_setup import HOUR, report, settle
 
@@ -234,6 +234,14 @@ def test_only_staff_resolve_and_always_with_a_reason(held, buyer, staff):
     with pytest.raises(PermissionDenied):
         discrepancy_resolve(
             actor=buyer.user, discrepancy_id=held.id, resolution="accept_primary", reason="mine"
+        )
+    staff_without_the_permission = UserFactory(is_staff=True)
+    with pytest.raises(PermissionDenied):
+        discrepancy_resolve(
+            actor=staff_without_the_permission,
+            discrepancy_id=held.id,
+            resolution="accept_primary",
+            reason="looks fine",
         )
     with pytest.raises(ValidationFailed):
         discrepancy_resolve(
