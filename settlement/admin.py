@@ -63,6 +63,16 @@ def _money(micro: int) -> str:
     return money_display(micro)
 
 
+def _money_column(field: str, description: str):
+    """A read-only changelist or form column showing the integer micro-USD `field` as dollars."""
+
+    @admin.display(description=description)
+    def column(self, obj) -> str:
+        return _money(getattr(obj, field))
+
+    return column
+
+
 def _changelist(model, **filters) -> str:
     url = reverse(f"admin:settlement_{model._meta.model_name}_changelist")
     return url + "?" + "&".join(f"{key}={value}" for key, value in filters.items())
@@ -130,13 +140,8 @@ class LedgerEntryInline(ReadOnlyInline):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("account", "account__org")
 
-    @admin.display(description="amount")
-    def amount(self, obj: LedgerEntry) -> str:
-        return _money(obj.amount_micro)
-
-    @admin.display(description="balance after")
-    def balance_after(self, obj: LedgerEntry) -> str:
-        return _money(obj.balance_after_micro)
+    amount = _money_column("amount_micro", "amount")
+    balance_after = _money_column("balance_after_micro", "balance after")
 
 
 @admin.register(LedgerTransaction)
@@ -173,9 +178,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     def amount(self, obj: LedgerEntry) -> str:
         return _money(obj.amount_micro)
 
-    @admin.display(description="balance after")
-    def balance_after(self, obj: LedgerEntry) -> str:
-        return _money(obj.balance_after_micro)
+    balance_after = _money_column("balance_after_micro", "balance after")
 
 
 @admin.register(Hold)
@@ -202,17 +205,9 @@ class HoldAdmin(ReadOnlyAdmin):
     def amount(self, obj: Hold) -> str:
         return _money(obj.amount_micro)
 
-    @admin.display(description="captured")
-    def captured(self, obj: Hold) -> str:
-        return _money(obj.captured_micro)
-
-    @admin.display(description="released")
-    def released(self, obj: Hold) -> str:
-        return _money(obj.released_micro)
-
-    @admin.display(description="remaining")
-    def remaining(self, obj: Hold) -> str:
-        return _money(obj.remaining_micro)
+    captured = _money_column("captured_micro", "captured")
+    released = _money_column("released_micro", "released")
+    remaining = _money_column("remaining_micro", "remaining")
 
     @admin.display(description="ledger")
     def ledger(self, obj: Hold) -> str:
@@ -521,9 +516,7 @@ class PayoutAdmin(ReadOnlyAdmin):
     def amount(self, obj: Payout) -> str:
         return _money(obj.amount_micro)
 
-    @admin.display(description="reversed")
-    def reversed(self, obj: Payout) -> str:
-        return _money(obj.reversed_micro)
+    reversed = _money_column("reversed_micro", "reversed")
 
     @admin.display(description="ledger")
     def ledger(self, obj: Payout) -> str:
@@ -555,9 +548,7 @@ class WithdrawalRefundInline(ReadOnlyInline):
     fields = ("topup", "amount", "status", "stripe_refund_id", "failure_reason", "send_attempts")
     readonly_fields = fields
 
-    @admin.display(description="amount")
-    def amount(self, obj: WithdrawalRefund) -> str:
-        return _money(obj.amount_micro)
+    amount = _money_column("amount_micro", "amount")
 
 
 @admin.register(Withdrawal)
@@ -587,13 +578,8 @@ class WithdrawalAdmin(ReadOnlyAdmin):
     def amount(self, obj: Withdrawal) -> str:
         return _money(obj.amount_micro)
 
-    @admin.display(description="refunded")
-    def refunded(self, obj: Withdrawal) -> str:
-        return _money(obj.refunded_micro)
-
-    @admin.display(description="returned to available")
-    def returned(self, obj: Withdrawal) -> str:
-        return _money(obj.returned_micro)
+    refunded = _money_column("refunded_micro", "refunded")
+    returned = _money_column("returned_micro", "returned to available")
 
     @admin.display(description="ledger")
     def ledger(self, obj: Withdrawal) -> str:
@@ -846,21 +832,10 @@ class StatementLineAdmin(ReadOnlyAdmin):
     list_select_related = ("run", "org")
     readonly_fields = [field.name for field in StatementLine._meta.fields]
 
-    @admin.display(description="opening")
-    def opening(self, obj: StatementLine) -> str:
-        return _money(obj.opening_micro)
-
-    @admin.display(description="credits")
-    def credits(self, obj: StatementLine) -> str:
-        return _money(obj.credits_micro)
-
-    @admin.display(description="debits")
-    def debits(self, obj: StatementLine) -> str:
-        return _money(obj.debits_micro)
-
-    @admin.display(description="closing")
-    def closing(self, obj: StatementLine) -> str:
-        return _money(obj.closing_micro)
+    opening = _money_column("opening_micro", "opening")
+    credits = _money_column("credits_micro", "credits")
+    debits = _money_column("debits_micro", "debits")
+    closing = _money_column("closing_micro", "closing")
 
 
 @admin.register(SettlementAudit)
