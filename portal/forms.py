@@ -7,11 +7,13 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
+from django.utils.dateparse import parse_datetime
 
 from accounts.models import Scope, User
 from core.errors import ApplicationError
 from core.units import UnitError, money_display, money_format, money_parse
 from marketplace.models import Order
+from settlement.models import PayoutAccount
 
 TEST_CARDS = [
     ("pm_card_visa", "Visa 4242 — succeeds"),
@@ -32,6 +34,21 @@ def form_apply_error(
             shown = True
     if not shown:
         form.add_error(None, error.message)
+
+
+def cents_amount_parse(text: str, *, example: str = "50.00", allow_zero: bool = False) -> int:
+    """A USD amount typed in whole cents as micro-USD, or a ValidationError saying what to type."""
+    try:
+        amount_micro = money_parse(text, places=2)
+    except UnitError as error:
+        if "decimal places" in str(error):
+            raise forms.ValidationError(f"Use whole cents, such as {example}.") from None
+        raise forms.ValidationError(f"Enter an amount in US dollars, such as {example}.") from None
+    if amount_micro < 0 or (amount_micro == 0 and not allow_zero):
+        raise forms.ValidationError(
+            "Enter zero or more." if allow_zero else "Enter an amount above zero."
+        )
+    return amount_micro
 
 
 def price_input_text(micro: int) -> str:
@@ -119,15 +136,7 @@ class TopUpForm(forms.Form):
             del self.fields["payment_method"]
 
     def clean_amount(self) -> int:
-        try:
-            amount_micro = money_parse(self.cleaned_data["amount"], places=2)
-        except UnitError as error:
-            if "decimal places" in str(error):
-                raise forms.ValidationError("Use whole cents, such as 50.00.") from None
-            raise forms.ValidationError("Enter an amount in US dollars, such as 50.00.") from None
-        if amount_micro <= 0:
-            raise forms.ValidationError("Enter an amount above zero.")
-        return amount_micro
+        return cents_amount_parse(self.cleaned_data["amount"])
 
 
 class ApiKeyForm(forms.Form):
@@ -258,3 +267,121 @@ class EndpointForm(forms.Form):
 
     def clean_models(self) -> list[str]:
         return [name.strip() for name in self.cleaned_data["models"].split(",") if name.strip()]
+
+
+MAX_STATEMENT_DAYS = 366  # as the REST API allows
+
+
+def _period_bound(text: str, *, is_end: bool) -> datetime.datetime:
+    """A day (UTC) or an exact ISO 8601 instant; a day as the end means through its last moment."""
+    try:
+        day = datetime.date.fromisoformat(text) if len(text) == 10 else None
+    except ValueError:
+        day = None
+    if day is not None:
+        if is_end:
+            day += datetime.timedelta(days=1)
+        return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+    moment = parse_datetime(text) if len(text) > 10 else None
+    if moment is None:
+        raise forms.ValidationError("Enter a date such as 2026-01-31.")
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+class StatementPeriodForm(forms.Form):
+    """A statement's period, [start, end): days in UTC with both ends included, or instants.
+
+    Left blank, the period is the current UTC month so far.
+    """
+
+    period_start = forms.CharField(
+        label="From (UTC)",
+        required=False,
+        max_length=40,
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    period_end = forms.CharField(
+        label="Through (UTC)",
+        required=False,
+        max_length=40,
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+
+    def __init__(self, *args, now: datetime.datetime, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.now = now
+
+    def clean_period_start(self) -> datetime.datetime:
+        text = (self.cleaned_data.get("period_start") or "").strip()
+        if not text:
+            return self.now.astimezone(datetime.UTC).replace(
+                day=1, hour=0, minute=0, second=0, microsecond=0
+            )
+        return _period_bound(text, is_end=False)
+
+    def clean_period_end(self) -> datetime.datetime:
+        text = (self.cleaned_data.get("period_end") or "").strip()
+        return _period_bound(text, is_end=True) if text else self.now
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("period_start"), cleaned.get("period_end")
+        if start and end:
+            if end <= start:
+                self.add_error("period_end", "End on or after the start.")
+            elif end - start > datetime.timedelta(days=MAX_STATEMENT_DAYS):
+                self.add_error(
+                    "period_end", f"A statement covers at most {MAX_STATEMENT_DAYS} days."
+                )
+        return cleaned
+
+
+class PayoutAccountForm(forms.Form):
+    """A provider's payout terms; payout_account_connect records them."""
+
+    payout_minimum = forms.CharField(
+        label="Minimum (USD)",
+        required=False,
+        max_length=20,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "0.00"}),
+        help_text="Scheduled payouts wait until earnings reach it. Blank means no minimum.",
+    )
+    schedule = forms.ChoiceField(
+        label="Schedule",
+        choices=PayoutAccount.Schedule.choices,
+        initial=PayoutAccount.Schedule.MANUAL,
+    )
+
+    def clean_payout_minimum(self) -> int:
+        text = (self.cleaned_data.get("payout_minimum") or "").strip()
+        return cents_amount_parse(text, allow_zero=True) if text else 0
+
+
+class PayoutRequestForm(forms.Form):
+    amount = forms.CharField(
+        label="Amount (USD)",
+        required=False,
+        max_length=20,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "All earned"}),
+        help_text="In whole cents. Blank pays out everything earned.",
+    )
+    # Made when the form is drawn, so a double click makes one payout, not two.
+    idempotency_key = forms.UUIDField(widget=forms.HiddenInput)
+
+    def clean_amount(self) -> int | None:
+        text = (self.cleaned_data.get("amount") or "").strip()
+        return cents_amount_parse(text, example="120.00") if text else None
+
+
+class WithdrawalForm(forms.Form):
+    amount = forms.CharField(
+        label="Amount (USD)",
+        max_length=20,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "25.00"}),
+        help_text="In whole cents, from the available balance.",
+    )
+    # Made when the form is drawn, so a double click withdraws once.
+    idempotency_key = forms.UUIDField(widget=forms.HiddenInput)
+
+    def clean_amount(self) -> int:
+        return cents_amount_parse(self.cleaned_data["amount"], example="25.00")

@@ -81,4 +81,10 @@ urlpatterns = [
     path("markets/<str:symbol>/orders/", views.order_ticket_submit, name="order-place"),
     path("orders/<int:order_id>/cancel/", views.order_cancel_view, name="order-cancel"),
     path("endpoints/", views.endpoints, name="endpoints"),
+    path("statements/", views.statements, name="statements"),
+    path("statements.csv", views.statement_csv, name="statement-csv"),
+    path("discrepancies/", views.discrepancies, name="discrepancies"),
+    path("payouts/", views.payouts, name="payouts"),
+    path("payouts/account/", views.payout_account_view, name="payout-account"),
+    path("withdrawals/", views.withdrawals, name="withdrawals"),
 ]

@@ -21,11 +21,20 @@ from portal.views.exchange import (
     order_ticket_submit,
 )
 from portal.views.provider import endpoints
+from portal.views.settlement import (
+    discrepancies,
+    payout_account_view,
+    payouts,
+    statement_csv,
+    statements,
+    withdrawals,
+)
 
 __all__ = [
     "api_key_revoke_view",
     "api_keys",
     "dashboard",
+    "discrepancies",
     "endpoints",
     "market_activity",
     "market_chart_data",
@@ -36,8 +45,13 @@ __all__ = [
     "order_ticket_submit",
     "org_create_view",
     "org_switch",
+    "payout_account_view",
+    "payouts",
     "signup",
+    "statement_csv",
+    "statements",
     "topup_detail",
     "topup_new",
     "topup_status",
+    "withdrawals",
 ]
