@@ -97,10 +97,19 @@ class LedgerTransaction(models.Model):
         WITHDRAWAL = "withdrawal", "Withdrawal refunded to card"
 
     kind = models.CharField(max_length=24, choices=Kind.choices)
-    reference = models.CharField(max_length=120, db_index=True)
-    idempotency_key = models.CharField(max_length=160, null=True, blank=True, unique=True)
+    reference = models.CharField(max_length=120)
+    # `reference` and the key are indexed through Meta, not `db_index`/`unique=True`: on
+    # PostgreSQL those add a second index each for LIKE queries no hot path makes, and every
+    # posting pays for each index it writes. A key of NULL (not "") is "no key": NULLs never
+    # collide in a unique index.
+    idempotency_key = models.CharField(max_length=160, null=True, blank=True)  # noqa: DJ001
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,  # ledger_txn_actor indexes only the few rows a person made
     )
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -108,6 +117,15 @@ class LedgerTransaction(models.Model):
     class Meta:
         # Granted to the operators who may correct balances in the admin (ledger_adjust).
         permissions = [("make_adjustment", "Can make balanced ledger adjustments")]
+        constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="ledger_txn_unique_key")
+        ]
+        indexes = [
+            models.Index(fields=["reference"], name="ledger_txn_reference"),
+            models.Index(
+                fields=["actor"], condition=Q(actor__isnull=False), name="ledger_txn_actor"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.reference}"
