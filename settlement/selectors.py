@@ -22,8 +22,10 @@ from settlement.models import (
     LedgerAccount,
     LedgerEntry,
     PaygMeter,
+    Payout,
     PayoutAccount,
     TopUp,
+    Withdrawal,
 )
 from settlement.models.ledger import CURRENCY_USD
 
@@ -359,3 +361,13 @@ def statement_csv_rows(rows: list[StatementRow]) -> list[list[str]]:
 def payout_account_get(*, org_id: int) -> PayoutAccount | None:
     """The org's payout account, or None before it first asked to be connected."""
     return PayoutAccount.objects.filter(org_id=org_id).first()
+
+
+def payout_list(*, org_id: int) -> QuerySet[Payout]:
+    """The org's payouts, newest first."""
+    return Payout.objects.filter(org_id=org_id).order_by("-id")
+
+
+def withdrawal_list(*, org_id: int) -> QuerySet[Withdrawal]:
+    """The org's withdrawals, newest first, with their refunds."""
+    return Withdrawal.objects.filter(org_id=org_id).prefetch_related("refunds").order_by("-id")

@@ -47,12 +47,13 @@ from settlement.selectors import (
     account_balance,
     discrepancy_list,
     payout_account_get,
+    payout_list,
     statement_csv_rows,
     statement_rows,
     statement_totals,
+    withdrawal_list,
 )
 from settlement.services import payout_account_connect, payout_request, withdrawal_request
-from settlement.services.payouts import payout_list, withdrawal_list
 
 Kind = LedgerAccount.Kind
 # The org accounts in the order money moves through them.

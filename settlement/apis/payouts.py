@@ -13,6 +13,7 @@ from core.api import (
     created,
     idempotency_key_from,
 )
+from settlement import selectors
 from settlement.models.payouts import PayoutAccount
 from settlement.services import payouts as payout_services
 
@@ -57,7 +58,7 @@ class PayoutCollectionApi(APIView):
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(
-            payout_services.payout_list(org_id=request.auth.org.id), request, view=self
+            selectors.payout_list(org_id=request.auth.org.id), request, view=self
         )
         return paginator.get_paginated_response(PayoutOutputSerializer(page, many=True).data)
 
@@ -182,7 +183,7 @@ class WithdrawalCollectionApi(APIView):
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(
-            payout_services.withdrawal_list(org_id=request.auth.org.id), request, view=self
+            selectors.withdrawal_list(org_id=request.auth.org.id), request, view=self
         )
         return paginator.get_paginated_response(WithdrawalOutputSerializer(page, many=True).data)
 

@@ -16,7 +16,6 @@ from core.api import (
     CreatedAtCursorPagination,
     MoneyField,
 )
-from core.units import money_format
 from settlement import selectors
 from settlement.models.settlement import Discrepancy
 
@@ -228,17 +227,7 @@ class StatementCsvApi(APIView):
     def get(self, request):
         period, rows = _statement_for(request)
         out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["account", "currency", "opening", "credits", "debits", "closing"])
-        totals: dict[str, list[int]] = {}
-        for row in rows:
-            figures = [row.opening_micro, row.credits_micro, row.debits_micro, row.closing_micro]
-            writer.writerow([row.account_kind, row.currency, *map(money_format, figures)])
-            running = totals.setdefault(row.currency, [0, 0, 0, 0])
-            for i, figure in enumerate(figures):
-                running[i] += figure
-        for currency, figures in sorted(totals.items()):
-            writer.writerow(["total", currency, *map(money_format, figures)])
+        csv.writer(out).writerows(selectors.statement_csv_rows(rows))
         start, end = period["period_start"], period["period_end"]
         response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = (

@@ -765,13 +765,3 @@ def withdrawal_send(*, withdrawal_id: int) -> Withdrawal | None:
 
 
 # Reads for the API. They belong with settlement.selectors; kept beside their writes for now.
-
-
-def payout_list(*, org_id: int):
-    """The org's payouts, newest first."""
-    return Payout.objects.filter(org_id=org_id).order_by("-id")
-
-
-def withdrawal_list(*, org_id: int):
-    """The org's withdrawals, newest first, with their refunds."""
-    return Withdrawal.objects.filter(org_id=org_id).prefetch_related("refunds").order_by("-id")
