@@ -27,12 +27,23 @@ def rows_insert(
     columns: Mapping[str, Sequence],
     constants: Mapping[str, object] | None = None,
     returning_ids: bool = False,
-) -> list[int]:
-    """Insert one row per position in `columns`; the new ids, in order, if asked for."""
+    ignore_conflicts: bool = False,
+    returning: Sequence[str] = (),
+) -> list:
+    """Insert one row per position in `columns`; the new ids, in order, if asked for.
+
+    With `ignore_conflicts` a row that would break a unique constraint is skipped (ON CONFLICT
+    DO NOTHING). `returning` names fields to return, one tuple per row written: with skipped
+    rows the positions no longer line up, so the caller matches rows by what it asks back.
+    """
+    if returning and returning_ids:
+        raise ValueError("ask for returning_ids or returning, not both")
     count = _row_count(columns)
     if count == 0:
         return []
     constants = _with_defaults(model, columns, constants or {})
+    if connection.vendor != "postgresql" and (ignore_conflicts or returning):
+        return _insert_rows_one_by_one(model, columns, constants, ignore_conflicts, returning)
     if connection.vendor != "postgresql":
         rows = [
             dict(zip(columns, values, strict=True))
@@ -43,10 +54,42 @@ def rows_insert(
     columns, constants = _fold_uniform(columns, constants, keep_first=True)
     names, arrays = _arrays(model, columns)
     constant_names = list(constants)
-    sql = _insert_sql(model, tuple(names), tuple(constant_names), returning_ids)
+    returned = (model._meta.pk.name,) if returning_ids else tuple(returning)
+    sql = _insert_sql(model, tuple(names), tuple(constant_names), returned, ignore_conflicts)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*(constants[name] for name in constant_names), *arrays])
-        return [row[0] for row in cursor.fetchall()] if returning_ids else []
+        if returning_ids:
+            return [row[0] for row in cursor.fetchall()]
+        return cursor.fetchall() if returning else []
+
+
+def _insert_rows_one_by_one(model, columns, constants, ignore_conflicts, returning) -> list:
+    """The embedded database's path: one INSERT a row, so each can say what it wrote."""
+    opts = model._meta
+    names = [*columns, *constants]
+    fields = [opts.get_field(name) for name in names]
+    targets = ", ".join(_column(model, name) for name in names)
+    conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+    returned = ", ".join(_column(model, name) for name in returning)
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(opts.db_table)} ({targets}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(names))}){conflict}"
+        + (f" RETURNING {returned}" if returning else "")
+    )
+    constant_values = [constants[name] for name in constants]
+    written = []
+    with connection.cursor() as cursor:
+        for values in zip(*columns.values(), strict=True):
+            params = [
+                field.get_db_prep_save(value, connection)
+                for field, value in zip(fields, [*values, *constant_values], strict=True)
+            ]
+            cursor.execute(sql, params)
+            if returning:
+                row = cursor.fetchone()
+                if row is not None:
+                    written.append(tuple(row))
+    return written
 
 
 def rows_update(
@@ -199,7 +242,9 @@ def _column(model, name: str) -> str:
 
 
 @cache
-def _insert_sql(model, names: tuple, constant_names: tuple, returning_ids: bool) -> str:
+def _insert_sql(
+    model, names: tuple, constant_names: tuple, returned: tuple, ignore_conflicts: bool
+) -> str:
     quote = connection.ops.quote_name
     targets = ", ".join(_column(model, name) for name in (*names, *constant_names))
     selected = ", ".join(
@@ -210,10 +255,13 @@ def _insert_sql(model, names: tuple, constant_names: tuple, returning_ids: bool)
     )
     unnest = ", ".join(f"%s::{_db_type(model, name)}[]" for name in names)
     aliases = ", ".join(f"c{i}" for i in range(len(names)))
-    returning = f" RETURNING {quote(model._meta.pk.column)}" if returning_ids else ""
+    conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+    returning = ""
+    if returned:
+        returning = " RETURNING " + ", ".join(_column(model, name) for name in returned)
     return (
         f"INSERT INTO {quote(model._meta.db_table)} ({targets}) "  # noqa: S608
-        f"SELECT {selected} FROM unnest({unnest}) AS v({aliases}){returning}"
+        f"SELECT {selected} FROM unnest({unnest}) AS v({aliases}){conflict}{returning}"
     )
 
 

@@ -25,6 +25,10 @@ remainder of sum(tokens x price) / 10^6, so many small usages cost exactly what 
 
 Locks, in the core.locks order: the records' unique keys (by the insert), then entitlements by
 ascending id, then pay-as-you-go meters by ascending id, then ledger accounts by ascending id.
+A batch its entitlements cover is drawn down before the insert on entitlements read without a
+lock, and its records written metered; the draw is kept only if the entitlements, once locked,
+are as read, so the lock order stays the same and the outcome is what metering under the lock
+would give.
 """
 
 import uuid
@@ -40,7 +44,7 @@ from django.utils import timezone
 
 from accounts.models import Org
 from core import locks
-from core.bulk import rows_update
+from core.bulk import rows_insert, rows_update, text_array
 from core.units import (
     BP_PER_UNIT,
     TOKENS_PER_PRICE_UNIT,
@@ -233,19 +237,38 @@ def _pair(source: str, source_org: Org, counterparty: Org) -> tuple[int, int]:
     return source_org.id, counterparty.id
 
 
-def _same_figures(record: UsageRecord, row: UsageRecord) -> bool:
-    fields = (
-        "market_id",
-        "buyer_org_id",
-        "provider_org_id",
-        "model",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "started_at",
-        "ended_at",
+# The figures a record is identified by beyond its request id: a resend with other figures is
+# not a duplicate.
+_FIGURES = (
+    "market_id",
+    "buyer_org_id",
+    "provider_org_id",
+    "model",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "started_at",
+    "ended_at",
+)
+# The columns a new record is written with, in the order of the row tuples `_ingest` builds;
+# the figures come first so a row's figures are row[1:10]. The rest of the fields are the same
+# for the whole batch (`_insert_once`) or their defaults.
+_ROW_COLUMNS = (
+    "request_id",
+    *_FIGURES,
+    "billable_tokens",
+    "output_weight_bp",
+    "cache_weight_bp",
+    "is_estimated",
+    "is_primary",
+)
+_IS_PRIMARY = _ROW_COLUMNS.index("is_primary")
+
+
+def _same_figures(row: tuple, record: UsageRecord) -> bool:
+    return all(
+        value == getattr(record, name) for name, value in zip(_FIGURES, row[1:10], strict=True)
     )
-    return all(getattr(record, name) == getattr(row, name) for name in fields)
 
 
 def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> list[UsageResult]:
@@ -253,8 +276,10 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
     batch_id = uuid.uuid4()
     lookups = _lookups(inputs, source_org)
     results: list[UsageResult] = []
-    candidates: dict[str, tuple[int, UsageRecord]] = {}  # by request id, first occurrence
-    repeats: list[tuple[UsageResult, UsageRecord]] = []  # same request id later in the batch
+    # Plain tuples in `_ROW_COLUMNS` order: a model instance per row cost more than its insert.
+    candidates: dict[str, tuple[int, tuple]] = {}  # by request id, first occurrence
+    repeats: list[tuple[UsageResult, tuple]] = []  # same request id later in the batch
+    is_primary = source == UsageSource.PROVIDER
     for index, item in enumerate(inputs):
         result = UsageResult(index=index, request_id=item.request_id, status="")
         results.append(result)
@@ -271,54 +296,53 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
             result.status, result.code = UsageStatus.REJECTED, code
             result.message = REJECTION_CODES[code]
             continue
-        row = UsageRecord(
-            source=source,
-            source_org=source_org,
-            request_id=item.request_id,
-            batch_id=batch_id,
-            market=market,
-            buyer_org_id=buyer_id,
-            provider_org_id=provider_id,
-            model=item.model,
-            input_tokens=item.input_tokens,
-            cached_input_tokens=item.cached_input_tokens,
-            output_tokens=item.output_tokens,
-            billable_tokens=billable_tokens(
+        row = (
+            item.request_id,
+            market.id,
+            buyer_id,
+            provider_id,
+            item.model,
+            item.input_tokens,
+            item.cached_input_tokens,
+            item.output_tokens,
+            item.started_at,
+            item.ended_at,
+            billable_tokens(
                 input_tokens=item.input_tokens,
                 cached_input_tokens=item.cached_input_tokens,
                 output_tokens=item.output_tokens,
                 weights=(market.output_weight_bp, market.cache_weight_bp),
             ),
-            output_weight_bp=market.output_weight_bp,
-            cache_weight_bp=market.cache_weight_bp,
-            is_estimated=item.is_estimated,
-            is_primary=source == UsageSource.PROVIDER,
-            started_at=item.started_at,
-            ended_at=item.ended_at,
-            received_at=now,
+            market.output_weight_bp,
+            market.cache_weight_bp,
+            item.is_estimated,
+            is_primary,
         )
         if item.request_id in candidates:
             repeats.append((result, row))
         else:
             candidates[item.request_id] = (index, row)
 
-    stored = _insert_once(source=source, source_org=source_org, rows=candidates, now=now)
+    stored, plan = _insert_once(
+        source=source, source_org=source_org, rows=candidates, batch_id=batch_id, now=now
+    )
     for request_id, (index, row) in candidates.items():
         _answer(results[index], row, stored[request_id], batch_id)
     for result, row in repeats:
-        _answer(result, row, stored[row.request_id], batch_id, is_repeat=True)
+        _answer(result, row, stored[row[0]], batch_id, is_repeat=True)
     usage_meter(
         records=[
             record
             for record in stored.values()
             if record.batch_id == batch_id and record.is_primary
-        ]
+        ],
+        plan=plan,
     )
     return results
 
 
 def _answer(
-    result: UsageResult, row: UsageRecord, record: UsageRecord, batch_id, *, is_repeat=False
+    result: UsageResult, row: tuple, record: UsageRecord, batch_id, *, is_repeat=False
 ) -> None:
     if not _same_figures(row, record):
         result.status, result.code = UsageStatus.REJECTED, "request_id_reused"
@@ -330,41 +354,125 @@ def _answer(
 
 
 def _insert_once(
-    *, source: str, source_org: Org, rows: dict[str, tuple[int, UsageRecord]], now
-) -> dict[str, UsageRecord]:
+    *, source: str, source_org: Org, rows: dict[str, tuple[int, tuple]], batch_id, now
+) -> tuple[dict[str, UsageRecord], "_DrawPlan | None"]:
     """Insert the rows whose request id is new; return the stored record of every request id.
 
     A provider's record is primary unless the relay already metered that request; a relay
     record committed at the same moment makes the insert skip the row, which is then written
-    again as a check record.
+    again as a check record. Only the rows the insert skipped are read back: the others are
+    built from what was written and the ids the insert returned.
+
+    A provider's new records are drawn down before the insert, on entitlements read without a
+    lock (`_draw_plan`), and written with that outcome, so they need no UPDATE once metered;
+    `usage_meter` keeps the plan only if the locked entitlements are what it read. The plan is
+    returned, or None when there is none or a skipped row spoilt it.
     """
     if not rows:
-        return {}
+        return {}, None
     request_ids = sorted(rows)
-    mine = UsageRecord.objects.filter(
-        source=source, source_org=source_org, request_id__in=request_ids
-    )
-    if source == UsageSource.PROVIDER:
-        metered = set(
-            UsageRecord.objects.filter(
-                is_primary=True, provider_org_id=source_org.id, request_id__in=request_ids
-            )
-            .exclude(source=source)
-            .values_list("request_id", flat=True)
-        )
-        for request_id in metered:
-            rows[request_id][1].is_primary = False
+    # Sorted by request id, so two copies of a batch take the unique keys in one order.
     pending = [rows[request_id][1] for request_id in request_ids]
-    for _attempt in range(2):
-        # Sorted by request id, so two copies of a batch take the unique keys in one order.
-        UsageRecord.objects.bulk_create(pending, ignore_conflicts=True)
-        stored = {record.request_id: record for record in mine.all()}
-        pending = [row for row in pending if row.request_id not in stored]
+    if source == UsageSource.PROVIDER:
+        metered = _metered_elsewhere(provider_org_id=source_org.id, request_ids=request_ids)
+        if metered:
+            pending = [_as_check(row) if row[0] in metered else row for row in pending]
+    constants = {
+        "source": source,
+        "source_org_id": source_org.id,
+        "batch_id": batch_id,
+        "received_at": now,
+    }
+    defaults = _record_defaults()
+    # from_db takes the values in the model's field order.
+    names = ("id", *_ROW_COLUMNS, *constants, *defaults)
+    attnames = [field.attname for field in UsageRecord._meta.concrete_fields]
+    order = [names.index(attname) for attname in attnames]
+    tail = (*constants.values(), *defaults.values())
+    stored: dict[str, UsageRecord] = {}
+    plan = None
+    for attempt in range(2):
+        drafts = {}
+        for row in pending:
+            values = (None, *row, *tail)
+            drafts[row[0]] = UsageRecord.from_db(
+                connection.alias, attnames, [values[i] for i in order]
+            )
+        if attempt == 0 and source == UsageSource.PROVIDER:
+            plan = _draw_plan([record for record in drafts.values() if record.is_primary])
+        columns = {
+            name: [row[position] for row in pending] for position, name in enumerate(_ROW_COLUMNS)
+        }
+        if plan is not None:
+            for name in ("metered_at", "entitlement_tokens"):
+                columns[name] = [getattr(drafts[row[0]], name) for row in pending]
+        written = rows_insert(
+            UsageRecord,
+            columns=columns,
+            constants=constants,
+            ignore_conflicts=True,
+            returning=("request_id", "id"),
+        )
+        ids = dict(written)
+        for request_id, record_id in ids.items():
+            record = drafts[request_id]
+            record.id = record_id
+            stored[request_id] = record
+        pending = [row for row in pending if row[0] not in ids]
         if not pending:
-            return stored
-        for row in pending:  # lost the primary slot to the relay: keep it as a check record
-            row.is_primary = False
-    raise RuntimeError(f"usage records {[row.request_id for row in pending][:5]} not stored")
+            return stored, plan
+        if plan is not None:
+            # A skipped row drew in the plan: meter the written ones again, under the locks.
+            plan.discard()
+            plan = None
+        skipped = [row[0] for row in pending]
+        for record in UsageRecord.objects.filter(
+            source=source, source_org=source_org, request_id__in=skipped
+        ):
+            stored[record.request_id] = record
+        pending = [row for row in pending if row[0] not in stored]
+        if not pending:
+            return stored, plan
+        # Lost the primary slot to the relay: keep it as a check record.
+        pending = [_as_check(row) for row in pending]
+    raise RuntimeError(f"usage records {[row[0] for row in pending][:5]} not stored")
+
+
+def _metered_elsewhere(*, provider_org_id: int, request_ids: list[str]) -> set[str]:
+    """The request ids the provider's requests already have a primary record of (the relay's)."""
+    if connection.vendor == "postgresql":
+        # One array parameter: an IN list of a thousand values cost more to build and plan
+        # than the lookup itself.
+        table = UsageRecord._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT request_id FROM {connection.ops.quote_name(table)} "  # noqa: S608
+                "WHERE is_primary AND provider_org_id = %s AND source <> %s "
+                "AND request_id = ANY(%s::varchar[])",
+                [provider_org_id, UsageSource.PROVIDER, text_array(request_ids)],
+            )
+            return {request_id for (request_id,) in cursor.fetchall()}
+    return set(
+        UsageRecord.objects.filter(
+            is_primary=True, provider_org_id=provider_org_id, request_id__in=request_ids
+        )
+        .exclude(source=UsageSource.PROVIDER)
+        .values_list("request_id", flat=True)
+    )
+
+
+def _as_check(row: tuple) -> tuple:
+    return (*row[:_IS_PRIMARY], False, *row[_IS_PRIMARY + 1 :])
+
+
+def _record_defaults() -> dict[str, object]:
+    """The fields a new record leaves at their defaults (the metering outcome), by attname."""
+    given = {"id", *_ROW_COLUMNS, "source", "source_org_id", "batch_id", "received_at"}
+    return {
+        field.attname: field.get_default()
+        for field in UsageRecord._meta.concrete_fields
+        if field.attname not in given
+    }
 
 
 def _eligible(record: UsageRecord, entitlements: list[Entitlement]) -> list[Entitlement]:
@@ -381,22 +489,78 @@ def _eligible(record: UsageRecord, entitlements: list[Entitlement]) -> list[Enti
 
 def _entitlements_for_update(pairs: set[tuple[int, int, int]]) -> list[Entitlement]:
     """Lock the pairs' open entitlements by ascending id (after orders, before holds)."""
+    return _open_entitlements(pairs, lock=True)
+
+
+@dataclass
+class _DrawPlan:
+    """New primary records drawn down on entitlements read without a lock, before the insert.
+
+    `tokens_used` is what each entitlement had when read: if the locked ones still have it, the
+    draw under the lock would come out the same, and the plan stands.
+    """
+
+    records: list[UsageRecord]
+    tokens_used: dict[int, int]
+    draws: list[tuple]
+
+    def holds(self, records: Sequence[UsageRecord], locked: list[Entitlement]) -> bool:
+        return {id(record) for record in records} == {id(record) for record in self.records} and {
+            entitlement.id: entitlement.tokens_used for entitlement in locked
+        } == self.tokens_used
+
+    def discard(self) -> None:
+        for record in self.records:
+            record.metered_at = None
+            record.entitlement_tokens = 0
+
+
+def _open_entitlements(pairs: set[tuple[int, int, int]], *, lock: bool) -> list[Entitlement]:
     if not pairs:
         return []
     match = Q()
     for buyer_id, provider_id, market_id in pairs:
         match |= Q(buyer_org_id=buyer_id, provider_org_id=provider_id, market_id=market_id)
-    return locks.entitlements_for_update(
-        match & Q(status=Entitlement.Status.OPEN, tokens_used__lt=F("tokens_bought"))
-    )
+    match &= Q(status=Entitlement.Status.OPEN, tokens_used__lt=F("tokens_bought"))
+    if lock:
+        return locks.entitlements_for_update(match)
+    return list(Entitlement.objects.filter(match).order_by("id"))
 
 
-def _draw(record: UsageRecord, entitlements: list[Entitlement], draws: list[UsageDraw]) -> int:
+def _draw_plan(records: list[UsageRecord]) -> _DrawPlan | None:
+    """Draw `records` down on an unlocked read; None unless entitlements cover every token.
+
+    Pay-as-you-go needs the locked balances and meters, so such batches meter after the insert.
+    """
+    if not records:
+        return None
+    ordered = sorted(records, key=lambda r: (r.ended_at, r.request_id))
+    pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in ordered}
+    entitlements = _open_entitlements(pairs, lock=False)
+    tokens_used = {entitlement.id: entitlement.tokens_used for entitlement in entitlements}
+    by_pair: dict[tuple[int, int, int], list[Entitlement]] = defaultdict(list)
+    for entitlement in entitlements:
+        key = (entitlement.buyer_org_id, entitlement.provider_org_id, entitlement.market_id)
+        by_pair[key].append(entitlement)
+    draws: list[tuple] = []
+    metered_at = timezone.now()
+    plan = _DrawPlan(records=ordered, tokens_used=tokens_used, draws=draws)
+    for record in ordered:
+        record.metered_at = metered_at
+        key = (record.buyer_org_id, record.provider_org_id, record.market_id)
+        if _draw(record, by_pair[key], draws):
+            plan.discard()
+            return None
+    return plan
+
+
+def _draw(record: UsageRecord, entitlements: list[Entitlement], draws: list[tuple]) -> int:
     """Draw `record` down against `entitlements`; return its billable tokens left uncovered.
 
     An entitlement counts in its own contract weights. When they equal the market's (the usual
     case) a draw of n tokens covers n of the record's billable tokens; otherwise the record's
-    uncovered share is converted, rounding down what the entitlement is charged.
+    uncovered share is converted, rounding down what the entitlement is charged. Each draw is
+    appended to `draws` as (record, entitlement, tokens, covered tokens).
     """
     left = record.billable_tokens
     for entitlement in _eligible(record, entitlements):
@@ -417,11 +581,7 @@ def _draw(record: UsageRecord, entitlements: list[Entitlement], draws: list[Usag
         if covered == 0:
             continue
         entitlement.tokens_used += tokens
-        draws.append(
-            UsageDraw(
-                usage_record=record, entitlement=entitlement, tokens=tokens, covered_tokens=covered
-            )
-        )
+        draws.append((record, entitlement, tokens, covered))
         left -= covered
     record.entitlement_tokens = record.billable_tokens - left
     return left
@@ -476,29 +636,40 @@ def _charge(
     record.unfunded_micro = cost_micro - charged
 
 
-def usage_meter(*, records: Sequence[UsageRecord]) -> None:
+def usage_meter(*, records: Sequence[UsageRecord], plan: _DrawPlan | None = None) -> None:
     """Draw stored primary records down and charge the rest pay-as-you-go. Inside a txn.
 
     The records must be saved, primary and not metered yet (`metered_at` empty); ingestion
     calls this once for the records it wrote, so a retry never meters twice. Locks
     entitlements, then the pay-as-you-go meters, then ledger accounts, each by ascending id.
+    With `plan` (ingestion's draw of these records, written with them) the records come
+    metered: if the locked entitlements are as the plan read them its draws are booked,
+    otherwise the records are metered again here and their outcome rewritten.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("usage_meter must run inside the caller's transaction")
-    if any(not record.is_primary or record.metered_at is not None for record in records):
+    if plan is None and any(
+        not record.is_primary or record.metered_at is not None for record in records
+    ):
         raise ValueError("only primary records not metered yet are metered")
     if not records:
         return
+    pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in records}
+    locked = _entitlements_for_update(pairs)
+    if plan is not None:
+        if plan.holds(records, locked):
+            _draws_book(plan.draws)
+            return
+        plan.discard()
     metered_at = timezone.now()
     for record in records:
         record.metered_at = metered_at
     records = sorted(records, key=lambda r: (r.ended_at, r.request_id, r.id))
-    pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in records}
     by_pair: dict[tuple[int, int, int], list[Entitlement]] = defaultdict(list)
-    for entitlement in _entitlements_for_update(pairs):
+    for entitlement in locked:
         key = (entitlement.buyer_org_id, entitlement.provider_org_id, entitlement.market_id)
         by_pair[key].append(entitlement)
-    draws: list[UsageDraw] = []
+    draws: list[tuple] = []
     uncovered = {}
     for record in records:
         key = (record.buyer_org_id, record.provider_org_id, record.market_id)
@@ -569,13 +740,7 @@ def usage_meter(*, records: Sequence[UsageRecord]) -> None:
             },
         )
     ledger_post_batch(specs)
-    drawn = {draw.entitlement.id: draw.entitlement for draw in draws}
-    rows_update(
-        Entitlement,
-        ids=list(drawn),
-        columns={"tokens_used": [entitlement.tokens_used for entitlement in drawn.values()]},
-    )
-    UsageDraw.objects.bulk_create(draws)
+    _draws_book(draws)
     outcome = (
         "metered_at",
         "entitlement_tokens",
@@ -590,6 +755,25 @@ def usage_meter(*, records: Sequence[UsageRecord]) -> None:
         UsageRecord,
         ids=[record.id for record in records],
         columns={name: [getattr(record, name) for record in records] for name in outcome},
+    )
+
+
+def _draws_book(draws: list[tuple]) -> None:
+    """Write the draws and the entitlements' new tokens_used (the entitlements locked)."""
+    drawn = {entitlement.id: entitlement for _, entitlement, _, _ in draws}
+    rows_update(
+        Entitlement,
+        ids=list(drawn),
+        columns={"tokens_used": [entitlement.tokens_used for entitlement in drawn.values()]},
+    )
+    rows_insert(
+        UsageDraw,
+        columns={
+            "usage_record_id": [record.id for record, _, _, _ in draws],
+            "entitlement_id": [entitlement.id for _, entitlement, _, _ in draws],
+            "tokens": [tokens for _, _, tokens, _ in draws],
+            "covered_tokens": [covered for _, _, _, covered in draws],
+        },
     )
 
 
