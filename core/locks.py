@@ -105,39 +105,17 @@ def provider_endpoints_for_update(*, org_id: int, market_id: int) -> list:
     )
 
 
-# Every table a money movement writes. Held in SHARE mode, they let readers through but no
-# writer in or out: a transaction already writing them must commit first, and new writes wait.
-_MONEY_TABLES = (
-    "settlement.Hold",
-    "settlement.Entitlement",
-    "settlement.LedgerAccount",
-    "settlement.LedgerTransaction",
-    "settlement.LedgerEntry",
-    "settlement.TopUp",
-    "settlement.Payout",
-)
 # The settlement runs' advisory lock: two keys, a key space apart from the one-key locks the
 # markets take (market_lock).
 _SETTLEMENT_RUNS_KEYS = (0x5E77, 1)
 
 
-def settlement_run_locks() -> None:
-    """Serialise settlement runs and freeze every money table for the run; the first locks.
+def settlement_runs_lock() -> None:
+    """Serialise settlement runs until the transaction ends; the first lock a run takes.
 
-    A run ends with ledger_check, which compares several tables query by query. At READ
-    COMMITTED each query sees what committed before it, so a trade committing between two of
-    them would look like a breach and fail the run. Freezing the tables until the run commits
-    makes every query see the same money. Taken before any row lock, so no writer can hold a
-    row the run waits for while waiting for the run: order placement, matching and payouts wait
-    for the run (about a second over a million usage records) instead. SQLite needs neither
-    lock: its IMMEDIATE transactions let one writer in at a time.
+    SQLite needs none: its IMMEDIATE transactions let one writer in at a time.
     """
     _require_transaction()
-    if connection.vendor != "postgresql":
-        return
-    tables = ", ".join(
-        connection.ops.quote_name(apps.get_model(label)._meta.db_table) for label in _MONEY_TABLES
-    )
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(_SETTLEMENT_RUNS_KEYS))
-        cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(_SETTLEMENT_RUNS_KEYS))
