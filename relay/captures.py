@@ -45,7 +45,6 @@ class Capture:
     """The cost of one settled request, still held under its hold, to pay its provider."""
 
     hold_reference: str
-    buyer_org_id: int
     provider_org_id: int
     cost_micro: int
     provider_fee_bp: int

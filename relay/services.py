@@ -405,7 +405,6 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
     if is_capture:
         capture = Capture(
             hold_reference=admission.hold_reference,
-            buyer_org_id=admission.org_id,
             provider_org_id=outcome.provider_org_id,
             cost_micro=cost,
             provider_fee_bp=funding.provider_fee_bp,
@@ -542,26 +541,25 @@ def relay_stale_release(*, older_than: timedelta = STALE_AFTER) -> int:
     stale = list(
         Hold.objects.filter(
             reference__startswith="relay:", status=Hold.Status.OPEN, created_at__lt=cutoff
-        ).values_list("reference", "org_id")
+        ).values_list("reference", flat=True)
     )
     charged = {
         record.request_id: record
         for record in RelayRequest.objects.filter(
-            request_id__in=[reference.removeprefix("relay:") for reference, _ in stale],
+            request_id__in=[reference.removeprefix("relay:") for reference in stale],
             status=RelayRequest.Status.OK,
             entitlement__isnull=True,
             provider_org__isnull=False,
             cost_micro__gt=0,
         ).select_related("market")
     }
-    for reference, org_id in stale:
+    for reference in stale:
         with transaction.atomic(durable=True):
             record = charged.get(reference.removeprefix("relay:"))
             if record is not None:
                 capture_book(
                     Capture(
                         hold_reference=reference,
-                        buyer_org_id=org_id,
                         provider_org_id=record.provider_org_id,
                         cost_micro=record.cost_micro,
                         provider_fee_bp=record.market.maker_fee_bp,
