@@ -83,6 +83,31 @@ def cost_floor_micro(*, tokens: int, price_micro_per_m: int) -> int:
     return quotient
 
 
+def cost_ceil_micro(*, tokens: int, price_micro_per_m: int) -> int:
+    """Cost of `tokens` billable tokens rounded up to the micro-USD: what a hold must cover."""
+    return -((-tokens * price_micro_per_m) // TOKENS_PER_PRICE_UNIT)
+
+
+def billable_tokens(
+    *,
+    input_tokens: int,
+    cached_input_tokens: int,
+    output_tokens: int,
+    output_weight_bp: int,
+    cache_weight_bp: int,
+) -> int:
+    """input + cached x cache weight + output x output weight, each weighted part rounded down.
+
+    One rule for every meter (the relay, providers' and buyers' reports), so two sources of
+    one request agree to the token.
+    """
+    return (
+        input_tokens
+        + bp_floor(cached_input_tokens, cache_weight_bp)
+        + bp_floor(output_tokens, output_weight_bp)
+    )
+
+
 def bp_floor(amount_micro: int, bp: int) -> int:
     """`amount_micro` x `bp` basis points, rounded down (fees are never rounded in our favour)."""
     quotient, _ = div_floor(amount_micro * bp, BP_PER_UNIT)

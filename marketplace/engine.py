@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from core import locks
 from core.bulk import rows_insert, rows_update
-from core.units import TOKENS_PER_PRICE_UNIT, bp_floor
+from core.units import bp_floor, cost_floor_micro
 from marketplace import matching as core
 from marketplace.matching import OrderBook
 from marketplace.models import Market, Order, Trade
@@ -259,7 +259,7 @@ class _Batch:
             maker_org = self.touched[maker_id][0]
             price_micro = price_ticks * market.tick_micro
             tokens = lots * market.lot_tokens
-            notional_micro = tokens * price_micro // TOKENS_PER_PRICE_UNIT
+            notional_micro = cost_floor_micro(tokens=tokens, price_micro_per_m=price_micro)
             if taker_side == Order.Side.BUY:
                 buyer_org, seller_org, buy_order = taker_org, maker_org, taker_id
                 buyer_fee_bp, seller_fee_bp = market.taker_fee_bp, market.maker_fee_bp

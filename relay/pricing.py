@@ -8,7 +8,7 @@ text), and a missing `usage` is estimated at four (relay.tokens).
 
 from dataclasses import dataclass
 
-from core.units import BP_PER_UNIT, TOKENS_PER_PRICE_UNIT, bp_ceil, cost_floor_micro
+from core.units import billable_tokens, bp_ceil, cost_floor_micro
 from relay.tokens import prompt_text
 
 WORST_CASE_CHARS_PER_TOKEN = 2
@@ -28,9 +28,13 @@ class Tokens:
 
     def billable(self, weights: Weights) -> int:
         """Billable tokens, weighted parts rounded down (the cost side)."""
-        cached = self.cached_input_tokens * weights.cache_weight_bp // BP_PER_UNIT
-        output = self.output_tokens * weights.output_weight_bp // BP_PER_UNIT
-        return self.input_tokens + cached + output
+        return billable_tokens(
+            input_tokens=self.input_tokens,
+            cached_input_tokens=self.cached_input_tokens,
+            output_tokens=self.output_tokens,
+            output_weight_bp=weights.output_weight_bp,
+            cache_weight_bp=weights.cache_weight_bp,
+        )
 
     @property
     def total(self) -> int:
@@ -45,11 +49,6 @@ def worst_input_tokens(body: dict) -> int:
 def worst_billable_tokens(*, input_tokens: int, max_output_tokens: int, weights: Weights) -> int:
     """Billable tokens of the worst case: all input uncached, all output used, rounded up."""
     return input_tokens + bp_ceil(max_output_tokens, weights.output_weight_bp)
-
-
-def cost_ceil_micro(*, tokens: int, price_micro_per_m: int) -> int:
-    """Cost rounded up to the micro-USD: what a hold must cover."""
-    return -(-tokens * price_micro_per_m // TOKENS_PER_PRICE_UNIT)
 
 
 def cost_micro(*, tokens: Tokens, weights: Weights, price_micro_per_m: int) -> int:

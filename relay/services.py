@@ -25,7 +25,7 @@ from accounts.keys import key_digest
 from accounts.models import Scope
 from core import locks
 from core.errors import InsufficientFunds as LedgerInsufficientFunds
-from core.units import bp_floor
+from core.units import bp_floor, cost_ceil_micro
 from relay import limits
 from relay.captures import Capture, capture_book, capture_enqueue
 from relay.errors import (
@@ -41,7 +41,6 @@ from relay.models import EntitlementReservation, KeyCounter, KeyPolicy, RelayReq
 from relay.pricing import (
     Tokens,
     Weights,
-    cost_ceil_micro,
     cost_micro,
     worst_billable_tokens,
     worst_input_tokens,

@@ -46,8 +46,8 @@ from accounts.models import Org
 from core import locks
 from core.bulk import rows_insert, rows_update, text_array
 from core.units import (
-    BP_PER_UNIT,
     TOKENS_PER_PRICE_UNIT,
+    billable_tokens,
     bp_floor,
     cost_floor_micro,
     div_floor,
@@ -130,20 +130,6 @@ class UsageResult:
     code: str = ""
     message: str = ""
     record: UsageRecord | None = None
-
-
-def billable_tokens(
-    *, input_tokens: int, cached_input_tokens: int, output_tokens: int, weights: tuple[int, int]
-) -> int:
-    """input + cached x cache weight + output x output weight, each weighted part rounded down.
-
-    `weights` is (output_weight_bp, cache_weight_bp). The same rule as the relay's meter, so the
-    two sources of one request agree to the token.
-    """
-    output_weight_bp, cache_weight_bp = weights
-    cached, _ = div_floor(cached_input_tokens * cache_weight_bp, BP_PER_UNIT)
-    output, _ = div_floor(output_tokens * output_weight_bp, BP_PER_UNIT)
-    return input_tokens + cached + output
 
 
 def _source_for(org: Org, source: str | None) -> str:
@@ -311,7 +297,8 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
                 input_tokens=item.input_tokens,
                 cached_input_tokens=item.cached_input_tokens,
                 output_tokens=item.output_tokens,
-                weights=(market.output_weight_bp, market.cache_weight_bp),
+                output_weight_bp=market.output_weight_bp,
+                cache_weight_bp=market.cache_weight_bp,
             ),
             market.output_weight_bp,
             market.cache_weight_bp,
@@ -570,7 +557,8 @@ def _draw(record: UsageRecord, entitlements: list[Entitlement], draws: list[tupl
             input_tokens=record.input_tokens,
             cached_input_tokens=record.cached_input_tokens,
             output_tokens=record.output_tokens,
-            weights=(entitlement.output_weight_bp, entitlement.cache_weight_bp),
+            output_weight_bp=entitlement.output_weight_bp,
+            cache_weight_bp=entitlement.cache_weight_bp,
         )
         need, _ = div_floor(left * own, record.billable_tokens)
         tokens = min(need, entitlement.tokens_left)
