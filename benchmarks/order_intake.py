@@ -25,9 +25,7 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,8 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 
+from benchmarks.exchange import (
+    bench_buyer,
+    bench_market,
+    bench_provider,
+    free_port,
+    quantile_ms,
+    start_gunicorn,
+    stop_server,
+)
 from benchmarks.reference import (
-    ROOT,
     _process_cpu_s,
     django_setup,
     pgbench_database,
@@ -49,15 +55,7 @@ from benchmarks.reference import (
 
 TARGET_RATIO = 0.3
 FUNDING_MICRO = 10**13
-MODEL = "bench-model"
 WARM_UP_ORDERS = 20  # per client, before the clock: connections, caches, first queries
-PASSWORD = "bench-only-password-7f3a"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _prepare(clients: int) -> tuple[str, int, int, list[str]]:
@@ -65,126 +63,17 @@ def _prepare(clients: int) -> tuple[str, int, int, list[str]]:
 
     Returns (symbol, reference price in micro-USD, tick in micro-USD, one API key per client).
     """
-    from django.db import transaction
+    from accounts.models import Scope
+    from accounts.services import api_key_create
 
-    from accounts.models import Membership, Scope, User
-    from accounts.principal import Principal
-    from accounts.services import api_key_create, user_signup
-    from marketplace.models import Market, ModelTier, Region
-    from marketplace.services import endpoint_register, endpoint_verify
-    from settlement.models import LedgerAccount, LedgerTransaction
-    from settlement.services import ledger_post, org_account, platform_account, transfer
-
-    staff = User.objects.create_superuser("ops@bench.test", PASSWORD)
-    # There is no service that creates markets: the operator defines them in the admin, and the
-    # demo loads them as here (see manage.py demo_markets).
-    tier = ModelTier.objects.create(
-        name="Bench",
-        slug="bench",
-        min_context_tokens=128_000,
-        min_output_tokens_per_s=50,
-        max_ttft_ms=1_500,
-        max_output_tokens=16_384,
-        admitted_models=[MODEL],
-    )
-    region = Region.objects.create(code="bn", name="Bench")
-    market = Market.objects.create(
-        tier=tier,
-        region=region,
-        symbol="BENCH-BN",
-        lot_tokens=1_000_000,
-        tick_micro=10_000,
-        min_lots=1,
-        max_lots=10_000,
-        reference_price_micro=5_000_000,
-        band_bp=2_000,
-        output_weight_bp=60_000,
-        cache_weight_bp=1_000,
-        maker_fee_bp=10,
-        taker_fee_bp=25,
-        delivery_days=30,
-        expiry_policy=Market.ExpiryPolicy.REFUND,
-    )
-
-    provider_user, provider_org = user_signup(
-        email="provider@bench.test",
-        password=PASSWORD,
-        org_name="Bench provider",
-        is_buyer=False,
-        is_provider=True,
-    )
-    provider = Principal.for_membership(
-        Membership.objects.select_related("org", "user").get(user=provider_user, org=provider_org)
-    )
-    endpoint = endpoint_register(
-        principal=provider,
-        market_id=market.id,
-        base_url="https://provider.bench.test/v1",
-        models=[MODEL],
-        capacity_tokens_per_day=10**12,
-    )
-    endpoint_verify(actor=staff, endpoint_id=endpoint.id)
-
-    clearing = platform_account(kind=LedgerAccount.Kind.STRIPE_CLEARING)
+    market = bench_market(reference_price_micro=5_000_000)
+    bench_provider(market=market)
     keys = []
     for index in range(clients):
-        user, org = user_signup(
-            email=f"buyer{index}@bench.test", password=PASSWORD, org_name=f"Bench buyer {index}"
-        )
-        # Credit the buyer as a verified top-up does: clearing to available, in the ledger.
-        with transaction.atomic(durable=True):
-            ledger_post(
-                kind=LedgerTransaction.Kind.TRANSFER,
-                postings=transfer(
-                    clearing,
-                    org_account(org_id=org.id, kind=LedgerAccount.Kind.AVAILABLE),
-                    FUNDING_MICRO,
-                ),
-                reference="bench funding",
-            )
-        membership = Membership.objects.select_related("org", "user").get(user=user, org=org)
-        _, secret = api_key_create(
-            principal=Principal.for_membership(membership),
-            name="bench",
-            scopes=[Scope.READ, Scope.TRADE],
-        )
+        buyer = bench_buyer(index=index, funding_micro=FUNDING_MICRO)
+        _, secret = api_key_create(principal=buyer, name="bench", scopes=[Scope.READ, Scope.TRADE])
         keys.append(secret)
     return market.symbol, market.reference_price_micro, market.tick_micro, keys
-
-
-def _start_gunicorn(
-    port: int, env: dict, *, workers: int, threads: int, log_path: Path
-) -> subprocess.Popen:
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi:application"]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    command += ["--worker-class", "gthread", "--threads", str(threads)]
-    command += ["--keep-alive", "60", "--log-level", "warning", "--error-logfile", str(log_path)]
-    # No control socket: its default path is one per user, shared with any other gunicorn.
-    command += ["--no-control-socket"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}; see its log")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.1)
-    _stop(process)
-    raise RuntimeError(f"gunicorn did not start on port {port}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop gunicorn's master, which stops its workers; kill what is left after 20 s."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)  # its own process group: the master and its workers
-        process.wait(timeout=10)
 
 
 class Client(threading.Thread):
@@ -341,12 +230,6 @@ def _load(
     }
 
 
-def _quantile_ms(ordered: list[float], quantile: float) -> float:
-    if not ordered:
-        return 0.0
-    return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
-
-
 def _cpu_per_order(run: dict) -> str:
     def per_order(cpu_s: float | None) -> str:
         return "n/a" if cpu_s is None else f"{1e6 * cpu_s / max(1, run['orders']):,.0f}"
@@ -399,9 +282,9 @@ def main() -> None:
             symbol, reference_micro, tick_micro, keys = _prepare(args.clients)
             connections.close_all()
             env = {**os.environ, "DATABASE_URL": url, "DEBUG": "false"}
-            port = _free_port()
+            port = free_port()
             log_path = var_dir / "gunicorn.log"
-            gunicorn = _start_gunicorn(
+            gunicorn = start_gunicorn(
                 port, env, workers=args.workers, threads=args.threads, log_path=log_path
             )
             market = {
@@ -419,7 +302,7 @@ def main() -> None:
                 url=url,
             )
             after = pgbench.tps(clients=8, jobs=2, seconds=pgbench_seconds)
-            _stop(gunicorn)
+            stop_server(gunicorn)
             server_log = log_path.read_text().strip() if log_path.exists() else ""
             outcome = _outcome()
             connections.close_all()
@@ -431,7 +314,7 @@ def main() -> None:
         raise
     finally:
         if gunicorn is not None:
-            _stop(gunicorn)
+            stop_server(gunicorn)
         shutil.rmtree(var_dir, ignore_errors=True)
 
     reference = statistics.fmean([before, after])
@@ -445,8 +328,7 @@ def main() -> None:
         ("pgbench before / after", f"{before:,.0f} / {after:,.0f}"),
         (
             "p50 / p99 latency ms",
-            f"{_quantile_ms(run['latencies'], 0.5):.1f} / "
-            f"{_quantile_ms(run['latencies'], 0.99):.1f}",
+            f"{quantile_ms(run['latencies'], 0.5):.1f} / {quantile_ms(run['latencies'], 0.99):.1f}",
         ),
         ("orders answered 201/200 / seconds", f"{run['orders']:,} / {run['seconds']:.1f}"),
         ("errors (other answers)", errors),

@@ -28,16 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.exchange import free_port, quantile_ms
 from benchmarks.reference import ROOT, django_setup, scratch_database
 
 TARGET_RATIO = 0.5
 MODEL = "bench-model"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _prepare(provider_url: str, buyers: int) -> list[str]:
@@ -149,11 +144,6 @@ async def _load(url: str, keys: list, body: dict, *, seconds: float, concurrency
     return len(latencies) / elapsed, latencies, errors
 
 
-def _quantile_ms(latencies: list[float], q: float) -> float:
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
@@ -170,7 +160,7 @@ def main() -> None:
 
     with scratch_database("tx_bench_relay") as url:
         django_setup(url, migrate=True)
-        provider_port, relay_port = _free_port(), _free_port()
+        provider_port, relay_port = free_port(), free_port()
         provider_url = f"http://127.0.0.1:{provider_port}"
         secrets = _prepare(provider_url, args.buyers)
         env = {**os.environ, "DATABASE_URL": url}
@@ -212,11 +202,11 @@ def main() -> None:
         ("relay", relayed[0], relayed[1], relayed[2]),
     ]:
         print(
-            f"  {name:7s} {rps:8.1f} req/s   p50 {_quantile_ms(latencies, 0.5):7.2f} ms   "
-            f"p99 {_quantile_ms(latencies, 0.99):7.2f} ms   non-200: {errors}"
+            f"  {name:7s} {rps:8.1f} req/s   p50 {quantile_ms(latencies, 0.5):7.2f} ms   "
+            f"p99 {quantile_ms(latencies, 0.99):7.2f} ms   non-200: {errors}"
         )
     ratio = relayed[0] / direct_rps
-    added = _quantile_ms(relayed[1], 0.5) - _quantile_ms(direct_latencies, 0.5)
+    added = quantile_ms(relayed[1], 0.5) - quantile_ms(direct_latencies, 0.5)
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
     print(f"  ratio relay/direct {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
     print(f"  p50 added by the relay {added:.2f} ms")

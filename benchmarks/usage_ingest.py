@@ -24,9 +24,7 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,20 +35,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.order_intake import (
-    _cpu_s,
-    _cpu_used_s,
-    _free_port,
-    _quantile_ms,
-    _server_pids,
-    _stop,
+from benchmarks.exchange import (
+    MODEL,
+    bench_buyer,
+    bench_market,
+    bench_provider,
+    free_port,
+    quantile_ms,
+    start_gunicorn,
+    stop_server,
 )
-from benchmarks.reference import ROOT, django_setup, pgbench_database, scratch_database
+from benchmarks.order_intake import _cpu_s, _cpu_used_s, _server_pids
+from benchmarks.reference import django_setup, pgbench_database, scratch_database
 
 TARGET_RATIO = 8.0
 FUNDING_MICRO = 10**13
-MODEL = "bench-model"
-PASSWORD = "bench-only-password-7f3a"
 PRICE_MICRO = 5_000_000
 WARM_UP_BATCHES = 3  # per client, before the clock: connections, caches, first queries
 # 1,000 input and 100 output tokens: 1,600 billable tokens a record at the market's weights.
@@ -92,139 +91,38 @@ def _print_profile(path: Path, *, lines: int = 35) -> None:
     pstats.Stats(str(path)).sort_stats("tottime").print_stats(lines)
 
 
-def _start_gunicorn(
-    port: int, env: dict, *, workers: int, threads: int, log_path: Path, application: str | None
-) -> subprocess.Popen:
-    """gunicorn as order_intake starts it, serving `application` (default: config.wsgi)."""
-    command = [sys.executable, "-m", "gunicorn", application or "config.wsgi:application"]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    command += ["--worker-class", "gthread", "--threads", str(threads)]
-    command += ["--keep-alive", "60", "--log-level", "warning", "--error-logfile", str(log_path)]
-    # No control socket: its default path is one per user, shared with any other gunicorn.
-    command += ["--no-control-socket", "--timeout", "120"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}; see its log")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.1)
-    _stop(process)
-    raise RuntimeError(f"gunicorn did not start on port {port}")
-
-
 def _prepare(clients: int, lots_per_buyer: int) -> tuple[str, list[tuple[str, str]]]:
     """The market, its verified provider, and per client a funded buyer with an entitlement.
 
     Returns (market symbol, one (provider API key, buyer slug) per client).
     """
-    from django.db import transaction
-
-    from accounts.models import Membership, Scope, User
-    from accounts.principal import Principal
-    from accounts.services import api_key_create, user_signup
+    from accounts.models import Scope
+    from accounts.services import api_key_create
     from marketplace import engine
-    from marketplace.models import Market, ModelTier, Region
-    from marketplace.services import endpoint_register, endpoint_verify, order_place
-    from settlement.models import Entitlement, LedgerAccount, LedgerTransaction
-    from settlement.services import ledger_post, org_account, platform_account, transfer
+    from marketplace.services import order_place
+    from settlement.models import Entitlement
 
-    staff = User.objects.create_superuser("ops@bench.test", PASSWORD)
-    # There is no service that creates markets: the operator defines them in the admin, and the
-    # demo loads them as here (see manage.py demo_markets).
-    tier = ModelTier.objects.create(
-        name="Bench",
-        slug="bench",
-        min_context_tokens=128_000,
-        min_output_tokens_per_s=50,
-        max_ttft_ms=1_500,
-        max_output_tokens=16_384,
-        admitted_models=[MODEL],
-    )
-    region = Region.objects.create(code="bn", name="Bench")
-    market = Market.objects.create(
-        tier=tier,
-        region=region,
-        symbol="BENCH-BN",
-        lot_tokens=1_000_000,
-        tick_micro=10_000,
-        min_lots=1,
-        max_lots=10_000,
-        reference_price_micro=PRICE_MICRO,
-        band_bp=2_000,
-        output_weight_bp=60_000,
-        cache_weight_bp=1_000,
-        maker_fee_bp=10,
-        taker_fee_bp=25,
-        delivery_days=30,
-        expiry_policy=Market.ExpiryPolicy.REFUND,
-    )
-
-    def principal_of(user, org) -> Principal:
-        return Principal.for_membership(
-            Membership.objects.select_related("org", "user").get(user=user, org=org)
-        )
-
-    provider_user, provider_org = user_signup(
-        email="provider@bench.test",
-        password=PASSWORD,
-        org_name="Bench provider",
-        is_buyer=False,
-        is_provider=True,
-    )
-    provider = principal_of(provider_user, provider_org)
-    endpoint = endpoint_register(
-        principal=provider,
-        market_id=market.id,
-        base_url="https://provider.bench.test/v1",
-        models=[MODEL],
-        capacity_tokens_per_day=10**12,
-    )
-    endpoint_verify(actor=staff, endpoint_id=endpoint.id)
-
-    clearing = platform_account(kind=LedgerAccount.Kind.STRIPE_CLEARING)
+    market = bench_market(reference_price_micro=PRICE_MICRO)
+    provider = bench_provider(market=market)
     pairs = []
     for index in range(clients):
-        user, org = user_signup(
-            email=f"buyer{index}@bench.test", password=PASSWORD, org_name=f"Bench buyer {index}"
-        )
-        # Credit the buyer as a verified top-up does: clearing to available, in the ledger.
-        with transaction.atomic(durable=True):
-            ledger_post(
-                kind=LedgerTransaction.Kind.TRANSFER,
-                postings=transfer(
-                    clearing,
-                    org_account(org_id=org.id, kind=LedgerAccount.Kind.AVAILABLE),
-                    FUNDING_MICRO,
-                ),
-                reference="bench funding",
+        buyer = bench_buyer(index=index, funding_micro=FUNDING_MICRO)
+        for principal, side in ((provider, "sell"), (buyer, "buy")):
+            order_place(
+                principal=principal,
+                market_id=market.id,
+                side=side,
+                price_micro=PRICE_MICRO,
+                lots=lots_per_buyer,
             )
-        buyer = principal_of(user, org)
-        order_place(
-            principal=provider,
-            market_id=market.id,
-            side="sell",
-            price_micro=PRICE_MICRO,
-            lots=lots_per_buyer,
-        )
-        order_place(
-            principal=buyer,
-            market_id=market.id,
-            side="buy",
-            price_micro=PRICE_MICRO,
-            lots=lots_per_buyer,
-        )
         engine.market_match(market_id=market.id)
-        if not Entitlement.objects.filter(buyer_org=org).exists():
+        if not Entitlement.objects.filter(buyer_org=buyer.org).exists():
             raise RuntimeError(f"buyer {index} bought nothing: the engine made no trade")
         # One key per client, as separate reporting processes of the provider would hold.
         _, secret = api_key_create(
             principal=provider, name=f"bench usage {index}", scopes=[Scope.USAGE_WRITE]
         )
-        pairs.append((secret, org.slug))
+        pairs.append((secret, buyer.org.slug))
     return market.symbol, pairs
 
 
@@ -435,17 +333,20 @@ def main() -> None:
             profile_path = var_dir / "worker.prof"
             if args.profile:
                 env["BENCH_PROFILE_PATH"] = str(profile_path)
-            port = _free_port()
+            port = free_port()
             log_path = var_dir / "gunicorn.log"
-            gunicorn = _start_gunicorn(
+            gunicorn = start_gunicorn(
                 port,
                 env,
                 workers=args.workers,
                 threads=args.threads,
                 log_path=log_path,
                 application=(
-                    "benchmarks.usage_ingest:profiled_application" if args.profile else None
+                    "benchmarks.usage_ingest:profiled_application"
+                    if args.profile
+                    else "config.wsgi:application"
                 ),
+                extra_args=("--timeout", "120"),
             )
             before = pgbench.tps(clients=8, jobs=2, seconds=pgbench_seconds)
             run = _load(
@@ -458,7 +359,7 @@ def main() -> None:
                 url=url,
             )
             after = pgbench.tps(clients=8, jobs=2, seconds=pgbench_seconds)
-            _stop(gunicorn)
+            stop_server(gunicorn)
             server_log = log_path.read_text().strip() if log_path.exists() else ""
             outcome = _outcome()
             connections.close_all()
@@ -472,7 +373,7 @@ def main() -> None:
         raise
     finally:
         if gunicorn is not None:
-            _stop(gunicorn)
+            stop_server(gunicorn)
         shutil.rmtree(var_dir, ignore_errors=True)
 
     reference = statistics.fmean([before, after])
@@ -487,8 +388,7 @@ def main() -> None:
         (f"batches/s of {args.batch:,} records", f"{batches / run['seconds']:,.2f}"),
         (
             "p50 / p99 batch latency ms",
-            f"{_quantile_ms(run['latencies'], 0.5):.1f} / "
-            f"{_quantile_ms(run['latencies'], 0.99):.1f}",
+            f"{quantile_ms(run['latencies'], 0.5):.1f} / {quantile_ms(run['latencies'], 0.99):.1f}",
         ),
         ("records accepted / seconds", f"{run['records']:,} / {run['seconds']:.1f}"),
         ("errors (records not accepted)", errors),
