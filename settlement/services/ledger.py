@@ -11,6 +11,10 @@ idempotency key, checks the rules and writes the transaction, its entries and th
 writes nothing and returns what it saw so the refusal can be explained. Planning that statement
 afresh each time cost more than running it, hence the prepared statement. SQLite (one writer)
 takes the ORM path; the tests run on both.
+
+`ledger_post_durable` is the same post for a movement with nothing else to commit beside it
+(a staff adjustment, a transfer): it is its own transaction, on PostgreSQL the one statement
+in autocommit, so one round trip.
 """
 
 import hashlib
@@ -101,6 +105,39 @@ def ledger_post(
         reason=reason,
     )
     return ledger_transaction
+
+
+def ledger_post_durable(
+    *,
+    kind: str,
+    postings: Iterable[Posting],
+    reference: str,
+    idempotency_key: str | None = None,
+    actor: User | None = None,
+    reason: str = "",
+) -> LedgerTransaction:
+    """`ledger_post` as a database transaction of its own, committed when it returns.
+
+    For a money movement with no business change to commit beside it: a staff adjustment, a
+    transfer between two accounts. Inside a caller's transaction it raises RuntimeError, as a
+    durable atomic block does: there, `ledger_post` belongs. On PostgreSQL the one statement of
+    `ledger_post` runs in autocommit, so it is its own transaction: the balance trigger and the
+    foreign keys are checked at its end, and the whole transfer is one round trip instead of
+    three (BEGIN, the statement, COMMIT).
+    """
+    params = {
+        "kind": kind,
+        "reference": reference,
+        "idempotency_key": idempotency_key,
+        "actor": actor,
+        "reason": reason,
+    }
+    if connection.vendor == "postgresql" and connection.get_autocommit():
+        ledger_transaction, _ = _post_postgres(net=_net(postings), **params)
+        return ledger_transaction
+    # Durable: Django refuses it inside a caller's transaction (tests' own excepted).
+    with transaction.atomic(durable=True):
+        return ledger_post(postings=postings, **params)
 
 
 def ledger_post_once(
@@ -350,7 +387,6 @@ def _by_key(idempotency_key: str) -> LedgerTransaction | None:
 ADJUSTABLE_KINDS = frozenset({Kind.AVAILABLE, Kind.EARNED})
 
 
-@transaction.atomic(durable=True)
 def ledger_adjust(
     *,
     org: Org,
@@ -378,7 +414,7 @@ def ledger_adjust(
         raise ValidationFailed(fields={"amount": ["Must not be zero."]})
     target = org_account(org_id=org.id, kind=account_kind)
     adjustments = platform_account(kind=Kind.ADJUSTMENTS)
-    return ledger_post(
+    return ledger_post_durable(
         kind=LedgerTransaction.Kind.ADJUSTMENT,
         postings=transfer(adjustments, target, amount_micro),
         reference=f"org:{org.id}",

@@ -1,4 +1,4 @@
-"""ledger_post and ledger_adjust: one rule per test, on SQLite and PostgreSQL alike."""
+"""ledger_post, ledger_post_durable and ledger_adjust: one rule per test, SQLite and PostgreSQL."""
 
 from decimal import Decimal
 
@@ -15,6 +15,7 @@ from settlement.services import (
     ledger_adjust,
     ledger_check,
     ledger_post,
+    ledger_post_durable,
     org_account,
     platform_account,
     transfer,
@@ -272,6 +273,57 @@ def test_other_accounts_may_not_go_negative(buyer, kind):
     with pytest.raises(InsufficientFunds):
         _post(transfer(source, destination, 1))
     assert _balance(source) == 0
+
+
+def _post_durable(postings, *, key=None) -> LedgerTransaction:
+    return ledger_post_durable(
+        kind=LedgerTransaction.Kind.TRANSFER,
+        postings=postings,
+        reference="durable",
+        idempotency_key=key,
+    )
+
+
+# Committing tests: outside a test's own transaction, PostgreSQL takes the one-statement path.
+@pytest.mark.django_db(transaction=True)
+def test_a_durable_post_commits_by_itself_and_a_retry_returns_it(buyer, fund):
+    fund(buyer.org.id, 5_000_000)
+    available = org_account(org_id=buyer.org.id, kind=Kind.AVAILABLE)
+    fees = platform_account(kind=Kind.FEES)
+
+    first = _post_durable(transfer(available, fees, 1_000_000), key="durable-1")
+    again = _post_durable(transfer(available, fees, 1_000_000), key="durable-1")
+
+    assert again.pk == first.pk
+    assert first == LedgerTransaction.objects.get(reference="durable")
+    assert sorted(first.entries.values_list("amount_micro", "balance_after_micro")) == [
+        (-1_000_000, 4_000_000),
+        (1_000_000, 1_000_000),
+    ]
+    assert (_balance(available), _balance(fees)) == (4_000_000, 1_000_000)
+    assert ledger_check() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_durable_post_refused_for_funds_writes_nothing(buyer, fund):
+    fund(buyer.org.id, 999)
+    available = org_account(org_id=buyer.org.id, kind=Kind.AVAILABLE)
+    with pytest.raises(InsufficientFunds):
+        _post_durable(transfer(available, platform_account(kind=Kind.FEES), 1_000), key="d-2")
+    assert _balance(available) == 999
+    assert not LedgerTransaction.objects.filter(reference="durable").exists()
+    with pytest.raises(UnbalancedTransaction):
+        _post_durable([Posting(available.id, -5)])
+    assert ledger_check() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_durable_post_refuses_to_run_inside_a_transaction(buyer, fund):
+    fund(buyer.org.id, 5)
+    available = org_account(org_id=buyer.org.id, kind=Kind.AVAILABLE)
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        _post_durable(transfer(available, platform_account(kind=Kind.FEES), 5))
+    assert _balance(available) == 5
 
 
 @pytest.mark.django_db(transaction=True)

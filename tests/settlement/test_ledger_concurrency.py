@@ -21,6 +21,7 @@ from settlement.services import (
     hold_release,
     ledger_check,
     ledger_post,
+    ledger_post_durable,
     org_account,
     platform_account,
     transfer,
@@ -89,6 +90,34 @@ def test_concurrent_transfers_out_of_one_account_never_overdraw(buyer, provider,
     results = _race(16, pay)
 
     assert _kinds(results) == {"LedgerTransaction": 10, "InsufficientFunds": 6}, results
+    assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 0
+    assert account_balance(org_id=provider.org.id, kind=Kind.AVAILABLE) == 10_000
+    assert ledger_check() == []
+
+
+def test_concurrent_durable_transfers_never_overdraw_and_a_shared_key_writes_once(
+    buyer, provider, fund
+):
+    fund(buyer.org.id, 10_000)
+    source = org_account(org_id=buyer.org.id, kind=Kind.AVAILABLE)
+    destination = org_account(org_id=provider.org.id, kind=Kind.AVAILABLE)
+
+    def pay(i: int):
+        # Threads 0-3 retry one key, the others each pay once: 13 transfers of 1,000 for 10,000.
+        return ledger_post_durable(
+            kind=LedgerTransaction.Kind.TRANSFER,
+            postings=transfer(source, destination, 1_000),
+            reference=f"durable:{i}",
+            idempotency_key="shared" if i < 4 else f"own:{i}",
+        )
+
+    results = _race(16, pay)
+
+    assert set(_kinds(results)) <= {"LedgerTransaction", "InsufficientFunds"}, results
+    assert LedgerTransaction.objects.filter(reference__startswith="durable:").count() == 10
+    shared = {result.pk for result in results[:4] if isinstance(result, LedgerTransaction)}
+    assert len(shared) <= 1  # every retry that succeeded got the one transaction of its key
+    assert LedgerTransaction.objects.filter(idempotency_key="shared").count() == len(shared)
     assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 0
     assert account_balance(org_id=provider.org.id, kind=Kind.AVAILABLE) == 10_000
     assert ledger_check() == []
