@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.reference import django_setup, pgbench_database, print_result, scratch_database
+from benchmarks.reference import Pgbench, django_setup, print_result, scratch_database
 
 TARGET_RATIO = 3.0
 FUNDING_MICRO = 10**12
@@ -195,7 +195,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the match")
     args = parser.parse_args()
 
-    with pgbench_database(scale=10) as pgbench, scratch_database("tx_bench_engine") as url:
+    # A pgbench database of its own name: another benchmark started on the same server meanwhile
+    # must not drop it mid-run (the figures would still move, but the run would not fail).
+    with (
+        scratch_database("tx_bench_engine_pgbench") as pgbench_url,
+        scratch_database("tx_bench_engine") as url,
+    ):
+        pgbench = Pgbench(pgbench_url)
+        pgbench.initialise(scale=10)
         django_setup(url, migrate=True)
         from django.conf import settings
         from django.db import connection

@@ -327,8 +327,15 @@ class Order(models.Model):
 
     LIVE_STATUSES = (Status.PENDING, Status.OPEN)
 
-    org = models.ForeignKey("accounts.Org", on_delete=models.PROTECT, related_name="orders")
-    market = models.ForeignKey(Market, on_delete=models.PROTECT, related_name="orders")
+    # No index of their own: order_org_recent (org, -id) and order_market_status_id (market,
+    # status, id) start with them and serve every lookup by org or market, and the engine
+    # rewrites each order row at least once, paying for every index on it.
+    org = models.ForeignKey(
+        "accounts.Org", on_delete=models.PROTECT, related_name="orders", db_index=False
+    )
+    market = models.ForeignKey(
+        Market, on_delete=models.PROTECT, related_name="orders", db_index=False
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -466,11 +473,23 @@ class OrderReduction(models.Model):
 
 
 class Trade(models.Model):
-    market = models.ForeignKey(Market, on_delete=models.PROTECT, related_name="trades")
-    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades")
+    # Indexed only through Meta, where a composite index starts with the key: trade_market_recent
+    # and trade_market_time (market), trade_unique_taker_maker (taker order), trade_buyer_recent
+    # and trade_seller_recent (the orgs). The engine writes thousands of trades a second, and
+    # each index costs every one of them an insert.
+    market = models.ForeignKey(
+        Market, on_delete=models.PROTECT, related_name="trades", db_index=False
+    )
+    taker_order = models.ForeignKey(
+        Order, on_delete=models.PROTECT, related_name="taker_trades", db_index=False
+    )
     maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades")
-    buyer_org = models.ForeignKey("accounts.Org", on_delete=models.PROTECT, related_name="+")
-    seller_org = models.ForeignKey("accounts.Org", on_delete=models.PROTECT, related_name="+")
+    buyer_org = models.ForeignKey(
+        "accounts.Org", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    seller_org = models.ForeignKey(
+        "accounts.Org", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     price_micro = models.BigIntegerField(help_text="The maker's price, micro-USD per 1M tokens.")
     lots = models.PositiveIntegerField()
     tokens = models.BigIntegerField(help_text="lots x the market's lot_tokens.")

@@ -105,12 +105,21 @@ def trades_settle(*, fills: Sequence[TradeFill], finished_hold_references: Seque
     org_ids = {hold.org_id for hold in holds.values()}
     accounts = org_accounts_bulk(org_ids=org_ids, kinds=[Kind.AVAILABLE, Kind.HELD, Kind.ESCROW])
     fees_id = platform_account(kind=Kind.FEES).id
+    # Each org's account ids, looked up once: a batch books thousands of postings, and every
+    # lookup by (org, kind) hashes a choices enum in Python.
+    held_ids = {org_id: accounts[(org_id, Kind.HELD)].id for org_id in org_ids}
+    escrow_ids = {org_id: accounts[(org_id, Kind.ESCROW)].id for org_id in org_ids}
+    available_ids = {org_id: accounts[(org_id, Kind.AVAILABLE)].id for org_id in org_ids}
 
     specs: list[TransactionSpec] = []
+    # Plain strings, not the choices enums: core.bulk sends a column of str as one array
+    # literal, and anything else through the driver's adaptation, element by element.
+    open_status, trade_kind = Hold.Status.OPEN.value, LedgerTransaction.Kind.TRADE.value
     for fill in fills:
         hold = holds[fill.buy_hold_reference]
-        spent_micro = fill.notional_micro + fill.buyer_fee_micro
-        if hold.status != Hold.Status.OPEN or spent_micro > hold.remaining_micro:
+        notional_micro = fill.notional_micro
+        spent_micro = notional_micro + fill.buyer_fee_micro
+        if hold.status != open_status or spent_micro > hold.remaining_micro:
             raise HoldExceeded(
                 f"trade {fill.trade_id} needs {spent_micro}, hold {fill.buy_hold_reference} "
                 f"has {hold.remaining_micro} ({hold.status})"
@@ -119,12 +128,12 @@ def trades_settle(*, fills: Sequence[TradeFill], finished_hold_references: Seque
         key = f"trade:{fill.trade_id}"
         specs.append(
             TransactionSpec(
-                kind=LedgerTransaction.Kind.TRADE,
+                kind=trade_kind,
                 reference=key,
                 idempotency_key=key,
                 postings=[
-                    Posting(accounts[(hold.org_id, Kind.HELD)].id, -spent_micro),
-                    Posting(accounts[(hold.org_id, Kind.ESCROW)].id, fill.notional_micro),
+                    Posting(held_ids[hold.org_id], -spent_micro),
+                    Posting(escrow_ids[hold.org_id], notional_micro),
                     Posting(fees_id, fill.buyer_fee_micro),
                 ],
             )
@@ -136,19 +145,19 @@ def trades_settle(*, fills: Sequence[TradeFill], finished_hold_references: Seque
         if left_micro:
             specs.append(
                 TransactionSpec(
-                    kind=LedgerTransaction.Kind.HOLD_RELEASE,
+                    kind=LedgerTransaction.Kind.HOLD_RELEASE.value,
                     reference=reference,
                     idempotency_key=f"release:{reference}:final",
                     postings=[
-                        Posting(accounts[(hold.org_id, Kind.HELD)].id, -left_micro),
-                        Posting(accounts[(hold.org_id, Kind.AVAILABLE)].id, left_micro),
+                        Posting(held_ids[hold.org_id], -left_micro),
+                        Posting(available_ids[hold.org_id], left_micro),
                     ],
                 )
             )
             hold.released_micro += left_micro
     for hold in holds.values():
-        if hold.remaining_micro == 0 and hold.status == Hold.Status.OPEN:
-            hold.status = Hold.Status.CLOSED
+        if hold.remaining_micro == 0 and hold.status == open_status:
+            hold.status = Hold.Status.CLOSED.value
             hold.closed_at = now
 
     ledger_post_batch(specs)

@@ -8,6 +8,7 @@ from marketplace.services import order_cancel, order_place
 from settlement.models import Entitlement, LedgerAccount
 from settlement.selectors import account_balance
 from settlement.services import ledger_check
+from tests.marketplace.factories import MarketFactory, ProviderEndpointFactory
 
 Kind = LedgerAccount.Kind
 pytestmark = pytest.mark.django_db
@@ -107,6 +108,20 @@ def test_running_the_engine_twice_changes_nothing_twice(market, seller, buyer, f
     assert Trade.objects.count() == 1
     assert Entitlement.objects.count() == 1
     assert ledger_check() == []
+
+
+def test_batches_take_their_markets_pending_orders_by_id(market, seller, place_order):
+    other = MarketFactory()
+    ProviderEndpointFactory(org=seller.org, market=other)
+    elsewhere = order_place(
+        principal=seller, market_id=other.id, side="sell", price_micro=5_000_000, lots=2
+    )
+    asks = [place_order(seller, side="sell", price_micro=5_000_000 + i * 10_000) for i in range(5)]
+    assert engine.market_match(market_id=market.id, batch_size=2) == 5  # batches of 2, 2 and 1
+    sequences = dict(Order.objects.filter(market=market).values_list("id", "sequence"))
+    assert [sequences[ask.id] for ask in asks] == [1, 2, 3, 4, 5]
+    elsewhere.refresh_from_db()
+    assert (elsewhere.status, elsewhere.sequence) == (Order.Status.PENDING, None)
 
 
 def test_the_book_is_rebuilt_after_a_cancel_outside_the_engine(
