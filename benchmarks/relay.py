@@ -7,7 +7,11 @@ in flight from one asyncio client, goes straight to the provider, then through t
 authenticates the key, routes, holds the worst case, dispatches, and settles the actual cost in
 the ledger), then straight again; the direct figure is the mean of the two direct runs. Printed:
 requests/s and p50/p99 latency of each, the throughput ratio (target: at least 0.5) and the p50
-latency the relay adds (aim: under 5 ms).
+latency the relay adds (aim: under 5 ms), the CPU one request cost the relay's and the
+provider's processes in each run, and `ledger_check` after the relay's captures are booked.
+
+The relay runs as production runs it: uvicorn with uvloop and httptools (uvicorn[standard]'s
+parts, pinned in requirements.txt).
 
 Each buyer's requests queue on its own balance (a hold locks the buyer's accounts), so the load
 is spread over `--buyers` buyers, as a real exchange's is.
@@ -18,6 +22,8 @@ is spread over `--buyers` buyers, as a real exchange's is.
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import socket
 import statistics
@@ -102,6 +108,24 @@ def _prepare(provider_url: str, buyers: int) -> list[str]:
     return secrets
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process `pid` and its waited-for children (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_tree_s(pid: int) -> float:
+    """CPU seconds of `pid` and its live children (uvicorn's workers)."""
+    children: list[int] = []
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as listed:
+        children = [int(child) for child in listed.read().split()]
+    return _cpu_s(pid) + sum(_cpu_s(child) for child in children)
+
+
 def _start(command: list[str], port: int, env: dict) -> subprocess.Popen:
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.monotonic() + 30
@@ -169,7 +193,7 @@ def main() -> None:
             [python, "manage.py", "fake_provider", "--port", str(provider_port)], provider_port, env
         )
         uvicorn = [python, "-m", "uvicorn", "config.asgi:application", "--port", str(relay_port)]
-        uvicorn += ["--workers", str(args.relay_workers)]
+        uvicorn += ["--workers", str(args.relay_workers), "--loop", "uvloop", "--http", "httptools"]
         relay = _start([*uvicorn, "--log-level", "warning", "--no-access-log"], relay_port, env)
         try:
             body = {
@@ -181,14 +205,33 @@ def main() -> None:
             through = f"http://127.0.0.1:{relay_port}/v1/chat/completions"
             run = {"seconds": args.seconds, "concurrency": args.concurrency}
             asyncio.run(_load(through, secrets, body, seconds=1, concurrency=2))  # warm up
-            first = asyncio.run(_load(direct, [], body, **run))
-            relayed = asyncio.run(_load(through, secrets, body, **run))
-            second = asyncio.run(_load(direct, [], body, **run))
+            cpu = {}
+
+            def measured(name, url, keys):
+                before = _cpu_tree_s(relay.pid), _cpu_s(provider.pid)
+                result = asyncio.run(_load(url, keys, body, **run))
+                after = _cpu_tree_s(relay.pid), _cpu_s(provider.pid)
+                served = max(len(result[1]), 1)
+                cpu[name] = [1e6 * (b - a) / served for a, b in zip(before, after, strict=True)]
+                return result
+
+            first = measured("direct 1", direct, [])
+            relayed = measured("relay", through, secrets)
+            second = measured("direct 2", direct, [])
         finally:
             relay.terminate()
             provider.terminate()
             relay.wait(timeout=10)
             provider.wait(timeout=10)
+        # The relay books its queued captures as it stops; the ledger must add up after them.
+        from django.core.management import CommandError, call_command
+
+        ledger = io.StringIO()
+        try:
+            call_command("ledger_check", stdout=ledger, stderr=ledger)
+            ledger_verdict = "clean"
+        except CommandError as error:
+            ledger_verdict = f"FAILED: {error}; {ledger.getvalue().strip()}"
 
     direct_rps = statistics.mean([first[0], second[0]])
     direct_latencies = first[1] + second[1]
@@ -210,6 +253,12 @@ def main() -> None:
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
     print(f"  ratio relay/direct {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
     print(f"  p50 added by the relay {added:.2f} ms")
+    for name, (relay_us, provider_us) in cpu.items():
+        print(
+            f"  CPU per request, {name:8s}: relay process {relay_us:7.0f} us, "
+            f"fake provider {provider_us:5.0f} us"
+        )
+    print(f"  ledger_check after the run: {ledger_verdict}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 It answers `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and `GET /v1/models`
 and hands every other path to the Django application. It is bare ASGI rather than a Django view
-because it sits on the hot path of every inference call: one thread hop to the database to admit
-a request (authenticate, route, hold), the provider call streamed through with httpx on a pooled
-client, and one hop to settle. Database work runs in a pool of worker threads (each keeps its own
-connection), never on the event loop. What can wait a moment (booking pay-as-you-go captures to
-providers, health observations) is written in batches by a background task, off the request's
-path: see relay.captures for why the captures must not be written per request.
+because it sits on the hot path of every inference call. On PostgreSQL the usual request (a key
+without limits, paid from the balance) is admitted and settled on the event loop in one
+statement each (relay.fast_path); every other request takes the ORM path (relay.services), one
+hop to a worker thread to admit it (authenticate, route, hold) and one to settle, each worker
+thread keeping its own connection. The ORM never runs on the event loop. The provider call is
+streamed through with aiohttp on a pooled session. What can wait a moment (booking
+pay-as-you-go captures to providers, health observations) is written in batches by a
+background task, off the request's path: see relay.captures for why the captures must not be
+written per request.
 
 Retries: a connection error, a timeout or a 5xx before the first byte moves on to the next
 candidate, at most MAX_ATTEMPTS providers; once a byte went to the client the request stays with
@@ -24,12 +27,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import aiohttp
 from django.db import close_old_connections, connections
 
 from core.errors import ApplicationError
-from relay import captures, health
-from relay.captures import relay_captures_flush
+from relay import captures, fast_path, health
+from relay.captures import Capture, capture_enqueue, relay_captures_flush
+from relay.connections import AsyncConnections
 from relay.errors import BadRequest, NoHealthyProvider, RateLimited, RelayError
 from relay.models import RelayRequest
 from relay.pricing import Tokens
@@ -41,6 +45,7 @@ from relay.services import (
     relay_authenticate,
     relay_fund,
     relay_settle,
+    request_model,
 )
 from relay.tokens import prompt_tokens_estimate, tokens_estimate
 
@@ -48,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 DB_THREADS = 8
+DB_CONNECTIONS = 8
 CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 60.0
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -62,6 +68,10 @@ KINDS = {
     "/v1/completions": RelayRequest.Kind.COMPLETION,
     "/v1/embeddings": RelayRequest.Kind.EMBEDDING,
 }
+
+
+# What a provider's connection can fail with: refused, reset, cut short, or too slow.
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 class _Retry(Exception):
@@ -107,7 +117,13 @@ class RelayApp:
         self.db_threads = db_threads or (1 if is_sqlite else DB_THREADS)
         self.read_timeout_s = read_timeout_s
         self.executor = ThreadPoolExecutor(self.db_threads, thread_name_prefix="relay-db")
-        self.client: httpx.AsyncClient | None = None
+        # On PostgreSQL the usual request is admitted and settled on the event loop, one
+        # statement each (relay.fast_path); the worker threads do the rest.
+        is_postgres = connections["default"].vendor == "postgresql"
+        self.pg = AsyncConnections(DB_CONNECTIONS) if is_postgres else None
+        # Admissions have connections of their own, so they never queue behind settles.
+        self.pg_admit = AsyncConnections(DB_CONNECTIONS) if is_postgres else None
+        self.client: aiohttp.ClientSession | None = None
         self.is_flush_due = False
         self.flusher: asyncio.Task | None = None
         self.flush_wanted: asyncio.Event | None = None
@@ -118,14 +134,21 @@ class RelayApp:
             self.executor, functools.partial(_in_db_thread, function, kwargs)
         )
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> aiohttp.ClientSession:
         if self.client is None:
-            self.client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.read_timeout_s, connect=CONNECT_TIMEOUT_S),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            self.client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=60),
+                # No total: a stream lasts as long as it lasts; each read and the connect have
+                # their own limit.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=self.read_timeout_s
+                ),
                 # Providers are called directly: a proxy from the environment (HTTP_PROXY and
                 # the like) must not sit between the relay and them, loopback ones included.
                 trust_env=False,
+                # The relay forwards the provider's body as it came; a cookie jar would carry
+                # one buyer's provider cookies into another buyer's request.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self.client
 
@@ -146,8 +169,15 @@ class RelayApp:
                 logger.exception("relay background flush failed")
 
     async def _flush(self) -> None:
-        if captures.captures_queued():
+        if captures.captures_queued() and self.pg is None:
             await self.db(relay_captures_flush)
+        elif captures.captures_queued():
+            # One statement on the event loop; what it leaves, the ORM books.
+            async with self.pg_admit.connection() as connection:
+                left = await captures.relay_captures_flush_fast(connection)
+            if left:
+                captures.captures_return(left)
+                await self.db(captures.relay_captures_flush_known)
         if self.is_flush_due:
             self.is_flush_due = False
             await self.db(health.health_flush)
@@ -160,8 +190,11 @@ class RelayApp:
         await self.db(relay_captures_flush)
         await self.db(health.health_flush)
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
             self.client = None
+        if self.pg is not None:
+            await self.pg.close()
+            await self.pg_admit.close()
         barrier = threading.Barrier(self.db_threads)
         futures = [
             self.executor.submit(_close_connections, barrier) for _ in range(self.db_threads)
@@ -206,14 +239,24 @@ class RelayApp:
                 )
             body = await _read_json(receive)
             region = headers.get("x-region", b"").decode("latin-1").strip().lower() or None
-            admission = await self.db(
-                _authenticate_and_admit,
-                authorization=authorization,
-                body=body,
-                kind=KINDS[path],
-                region_code=region,
-                request_id=request_id,
-            )
+            admission = None
+            if self.pg is not None:
+                admission = await self._admit_fast(
+                    authorization=authorization,
+                    body=body,
+                    kind=KINDS[path],
+                    region_code=region,
+                    request_id=request_id,
+                )
+            if admission is None:
+                admission = await self.db(
+                    _authenticate_and_admit,
+                    authorization=authorization,
+                    body=body,
+                    kind=KINDS[path],
+                    region_code=region,
+                    request_id=request_id,
+                )
         except RelayError as error:
             return await _relay_error(send, error)
         except ApplicationError as error:
@@ -222,6 +265,47 @@ class RelayApp:
             )
         self._start_flusher()
         await self.dispatch(admission, body, path, send)
+
+    async def _admit_fast(self, *, authorization, body, kind, region_code, request_id):
+        """relay.fast_path's admission, or None for the ORM path to admit the request."""
+        model = request_model(body)
+        inputs = fast_path.inputs_cached(
+            authorization=authorization, model=model, region_code=region_code
+        )
+        if inputs is None:
+            inputs = await self.db(
+                fast_path.inputs_load,
+                authorization=authorization,
+                model=model,
+                region_code=region_code,
+            )
+        if not fast_path.is_eligible(inputs):
+            return None
+        async with self.pg_admit.connection() as connection:
+            return await fast_path.relay_admit_fast(
+                connection=connection, inputs=inputs, body=body, kind=kind, request_id=request_id
+            )
+
+    async def _settle(self, admission: Admission, outcome: Outcome) -> None:
+        if not admission.is_fast:
+            await self.db(relay_settle, admission=admission, outcome=outcome)
+            return
+        async with self.pg.connection() as connection:
+            cost = await fast_path.relay_settle_fast(
+                connection=connection, admission=admission, outcome=outcome
+            )
+        if cost is None:
+            await self.db(relay_settle, admission=admission, outcome=outcome)
+        elif cost:
+            # Committed: the cost stays held until relay.captures books it to the provider.
+            capture_enqueue(
+                Capture(
+                    hold_reference=admission.hold_reference,
+                    provider_org_id=outcome.provider_org_id,
+                    cost_micro=cost,
+                    provider_fee_bp=admission.funding.provider_fee_bp,
+                )
+            )
 
     async def dispatch(self, admission: Admission, body: dict, path: str, send) -> None:
         started = time.monotonic()
@@ -235,10 +319,11 @@ class RelayApp:
             for candidate in admission.candidates:
                 if attempts >= self.max_attempts:
                     break
-                if candidate.endpoint_id != admission.funded_endpoint_id and not await self.db(
-                    relay_fund, admission=admission, candidate=candidate
-                ):
-                    continue
+                if candidate.endpoint_id != admission.funded_endpoint_id:
+                    if _is_held_for(admission, candidate):
+                        admission.funded_endpoint_id = candidate.endpoint_id
+                    elif not await self.db(relay_fund, admission=admission, candidate=candidate):
+                        continue
                 attempts += 1
                 try:
                     outcome, finish = await self.attempt(
@@ -251,7 +336,7 @@ class RelayApp:
             # Settled exactly once, before the client sees the end of the answer.
             outcome.attempts = max(attempts, 1)
             outcome.duration_ms = int((time.monotonic() - started) * 1000)
-            await self.db(relay_settle, admission=admission, outcome=outcome)
+            await self._settle(admission, outcome)
             if captures.captures_queued() >= captures.FLUSH_AT_CAPTURES:
                 self.flush_wanted.set()
         if finish is not None:
@@ -274,32 +359,30 @@ class RelayApp:
         sent_at = time.monotonic()
         # The provider sees the relay's request id, so the usage it reports for this request
         # is matched with the relay's record instead of being metered a second time.
-        request = client.build_request(
-            "POST",
-            url,
-            content=payload,
-            headers={"content-type": "application/json", "x-request-id": admission.request_id},
-        )
         try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError:
+            response = await client.post(
+                url,
+                data=payload,
+                headers={"content-type": "application/json", "x-request-id": admission.request_id},
+            )
+        except UPSTREAM_ERRORS:
             self._observe(endpoint_id=candidate.endpoint_id, is_success=False)
             raise _Retry() from None
         try:
-            if response.status_code >= 500 or response.status_code in PROVIDER_FAULTS:
+            if response.status >= 500 or response.status in PROVIDER_FAULTS:
                 self._observe(endpoint_id=candidate.endpoint_id, is_success=False)
                 raise _Retry()
-            if admission.is_streamed and response.status_code == 200:
+            if admission.is_streamed and response.status == 200:
                 return await self._stream(
                     admission, candidate, response, body, send, wants_usage, sent_at
                 )
             try:
-                content = await response.aread()
-            except httpx.TransportError:
+                content = await response.read()
+            except UPSTREAM_ERRORS:
                 self._observe(endpoint_id=candidate.endpoint_id, is_success=False)
                 raise _Retry() from None
         finally:
-            await response.aclose()
+            response.release()
         ttft_ms = int((time.monotonic() - sent_at) * 1000)
         outcome = Outcome(
             status=RelayRequest.Status.FAILED,
@@ -307,7 +390,7 @@ class RelayApp:
             provider_org_id=candidate.provider_org_id,
             ttft_ms=ttft_ms,
         )
-        if response.status_code == 200:
+        if response.status == 200:
             try:
                 answer = json.loads(content)
             except ValueError:
@@ -329,7 +412,7 @@ class RelayApp:
         async def respond():
             await _raw(
                 send,
-                response.status_code,
+                response.status,
                 content,
                 response.headers.get("content-type", "application/json"),
                 admission.request_id,
@@ -338,10 +421,10 @@ class RelayApp:
         return outcome, respond
 
     async def _stream(self, admission, candidate, response, body, send, wants_usage, sent_at):
-        chunks = response.aiter_raw()
+        chunks = response.content.iter_any()
         try:
             first = await chunks.__anext__()
-        except (httpx.TransportError, StopAsyncIteration):
+        except (*UPSTREAM_ERRORS, StopAsyncIteration):
             self._observe(endpoint_id=candidate.endpoint_id, is_success=False)
             raise _Retry() from None
         ttft_ms = int((time.monotonic() - sent_at) * 1000)
@@ -382,7 +465,7 @@ class RelayApp:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 break
-            except httpx.TransportError:
+            except UPSTREAM_ERRORS:
                 is_success = False
                 break
         if buffer.strip():
@@ -411,6 +494,12 @@ class RelayApp:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
         return outcome, end
+
+
+def _is_held_for(admission: Admission, candidate) -> bool:
+    """Whether the pay-as-you-go hold already pays for `candidate` (relay_fund's first case)."""
+    funding = admission.funding
+    return funding is not None and funding.entitlement_id is None and not candidate.entitlement_ids
 
 
 def _scan_event(event: bytes, text_parts: list[str]) -> tuple[bool, dict | None]:

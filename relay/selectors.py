@@ -63,6 +63,9 @@ class Route:
     health: dict[int, Health]
 
 
+_MISSING = object()
+
+
 class TtlCache:
     """A few seconds of memory per relay process for what changes rarely and is read always."""
 
@@ -70,17 +73,31 @@ class TtlCache:
         self.ttl_s = ttl_s
         self.entries: dict = {}
         self.lock = threading.Lock()
+        # One computation per key at a time: when an entry runs out, the requests in flight
+        # wait for the first one's answer instead of all asking the database at once.
+        self.computing: dict = {}
 
     def get(self, key, compute):
-        now = time.monotonic()
+        value = self.peek(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        with self.lock:
+            key_lock = self.computing.setdefault(key, threading.Lock())
+        with key_lock:
+            value = self.peek(key, _MISSING)
+            if value is _MISSING:
+                value = compute()
+                with self.lock:
+                    self.entries[key] = (time.monotonic() + self.ttl_s, value)
+        return value
+
+    def peek(self, key, default=None):
+        """The value remembered for `key` if it is still fresh, else `default`; never computes."""
         with self.lock:
             entry = self.entries.get(key)
-        if entry is not None and entry[0] > now:
+        if entry is not None and entry[0] > time.monotonic():
             return entry[1]
-        value = compute()
-        with self.lock:
-            self.entries[key] = (now + self.ttl_s, value)
-        return value
+        return default
 
     def clear(self) -> None:
         with self.lock:
@@ -100,6 +117,11 @@ def route_cache_clear() -> None:
 def route_get(*, model: str, region_code: str | None) -> Route:
     """The route for `model` in a region (cached for ROUTE_TTL_S); raises like market_for_model."""
     return _routes.get((model, region_code), lambda: _route(model, region_code))
+
+
+def route_cached(*, model: str, region_code: str | None) -> Route | None:
+    """The route if this process still remembers it, else None; no database access."""
+    return _routes.peek((model, region_code))
 
 
 def _route(model: str, region_code: str | None) -> Route:
@@ -129,18 +151,15 @@ def candidate_list(*, buyer_org_id: int, route: Route) -> list[Candidate]:
     cheapest provider first (best ask; providers without one after, oldest endpoint first).
     Endpoints the relay judged degraded move after the normal ones, and failing ones to the end.
     """
-    market, best_ask = route.market, route.best_ask
     if not route.endpoints:
         return []
-    by_provider: dict[int, list[ProviderEndpoint]] = {}
-    for endpoint in route.endpoints:
-        by_provider.setdefault(endpoint.org_id, []).append(endpoint)
+    providers = {endpoint.org_id for endpoint in route.endpoints}
     entitlements = (
         Entitlement.objects.filter(
             buyer_org_id=buyer_org_id,
-            market=market,
+            market=route.market,
             status=Entitlement.Status.OPEN,
-            provider_org_id__in=list(by_provider),
+            provider_org_id__in=list(providers),
             expires_at__gt=timezone.now(),
             tokens_used__lt=F("tokens_bought"),
         )
@@ -150,6 +169,15 @@ def candidate_list(*, buyer_org_id: int, route: Route) -> list[Candidate]:
     entitled: dict[int, list[int]] = {}
     for entitlement_id, provider_org_id in entitlements:
         entitled.setdefault(provider_org_id, []).append(entitlement_id)
+    return candidates_order(route=route, entitled=entitled)
+
+
+def candidates_order(*, route: Route, entitled: dict[int, list[int]]) -> list[Candidate]:
+    """candidate_list's order, given each provider's usable entitlements; no database access."""
+    best_ask = route.best_ask
+    by_provider: dict[int, list[ProviderEndpoint]] = {}
+    for endpoint in route.endpoints:
+        by_provider.setdefault(endpoint.org_id, []).append(endpoint)
     payg = sorted(
         (provider for provider in by_provider if provider not in entitled),
         key=lambda provider: (provider not in best_ask, best_ask.get(provider, 0)),

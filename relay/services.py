@@ -27,7 +27,7 @@ from core import locks
 from core.errors import InsufficientFunds as LedgerInsufficientFunds
 from core.units import bp_floor, cost_ceil_micro
 from relay import limits
-from relay.captures import Capture, capture_book, capture_enqueue
+from relay.captures import Capture, capture_book, capture_enqueue, captures_accounts_forget
 from relay.errors import (
     BadRequest,
     BudgetExceeded,
@@ -94,6 +94,9 @@ class Admission:
     spend_window: object = None
     spend_taken_micro: int = 0
     skipped: list[int] = field(default_factory=list)
+    # Admitted by relay.fast_path (one statement on PostgreSQL), which then also settles it.
+    is_fast: bool = False
+    account_ids: tuple[int, int] | None = None  # the buyer's available and held, when is_fast
 
     @property
     def hold_reference(self) -> str:
@@ -118,9 +121,15 @@ def _policy(api_key_id: int) -> tuple[KeyPolicy | None, str | None]:
     return policy, region.code if region is not None else None
 
 
+# A buyer's `available` and `held` account ids (relay.fast_path): they never change once made.
+_accounts = TtlCache(3600.0)
+
+
 def relay_caches_clear() -> None:
     _principals.clear()
     _policies.clear()
+    _accounts.clear()
+    captures_accounts_forget()
     route_cache_clear()
 
 
@@ -159,28 +168,46 @@ def _max_output_tokens(body: dict, tier_cap: int, kind: str) -> int:
     return min(asked, tier_cap)
 
 
-@transaction.atomic(durable=True)
-def relay_admit(
-    *, principal, body: dict, kind: str, region_code: str | None, request_id: str
-) -> Admission:
-    """Route a request and set its worst case aside; refuses with 402/404/429/503. Own txn."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("`model` is required.", param="model")
-    policy, default_region_code = _policies.get(
-        principal.api_key.id, lambda: _policy(principal.api_key.id)
+def relay_policy(api_key_id: int) -> tuple[KeyPolicy | None, str | None]:
+    """The key's relay policy and default region code (cached for AUTH_TTL_S)."""
+    return _policies.get(api_key_id, lambda: _policy(api_key_id))
+
+
+def relay_policy_cached(api_key_id: int):
+    """relay_policy if this process still remembers it, else None; no database access."""
+    return _policies.peek(api_key_id)
+
+
+def relay_principal_cached(authorization: str):
+    """The Principal this process remembers for the key, else None; no database access."""
+    return _principals.peek(key_digest(authorization)) if authorization else None
+
+
+def policy_has_limits(policy: KeyPolicy | None) -> bool:
+    return policy is not None and (
+        policy.requests_per_minute is not None
+        or policy.tokens_per_minute is not None
+        or policy.spend_cap_micro is not None
     )
-    region_code = region_code or default_region_code
-    route = route_get(model=model, region_code=region_code)
+
+
+def admission_new(
+    *, principal, body: dict, kind: str, route, request_id: str, candidates: list[Candidate]
+) -> Admission:
+    """The Admission of a routed request, its worst case counted; writes nothing.
+
+    Sets `max_tokens` in `body` when the buyer left it out: the provider must not write more
+    than the worst case held for it.
+    """
     market = route.market
     max_output = _max_output_tokens(body, market.tier.max_output_tokens, kind)
     if kind != RelayRequest.Kind.EMBEDDING and body.get("max_tokens") is None:
-        # The provider must not write more than the worst case held for it.
         body["max_tokens"] = max_output
-    candidates = candidate_list(buyer_org_id=principal.org.id, route=route)
     if not candidates:
-        raise NoHealthyProvider(f"No verified provider serves {model!r} in {market.symbol}.")
-    admission = Admission(
+        raise NoHealthyProvider(
+            f"No verified provider serves {body['model']!r} in {market.symbol}."
+        )
+    return Admission(
         request_id=request_id,
         org_id=principal.org.id,
         api_key_id=principal.api_key.id,
@@ -188,24 +215,61 @@ def relay_admit(
         reference_price_micro=market.reference_price_micro,
         market_weights=market_weights(market),
         maker_fee_bp=market.maker_fee_bp,
-        model=model,
+        model=body["model"],
         kind=kind,
         is_streamed=bool(body.get("stream")),
         worst_input_tokens=worst_input_tokens(body),
         max_output_tokens=max_output,
         candidates=candidates,
     )
-    if policy is not None:
-        _take_limits(admission, policy)
-    for candidate in candidates:
-        if _fund(admission, candidate):
-            return admission
-        admission.skipped.append(candidate.endpoint_id)
-    raise InsufficientFunds(
+
+
+def request_model(body: dict) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("`model` is required.", param="model")
+    return model
+
+
+def insufficient_funds(admission: Admission) -> InsufficientFunds:
+    return InsufficientFunds(
         "Neither entitlements nor the available balance cover this request's worst case "
-        f"({admission.worst_input_tokens} input and {max_output} output tokens).",
+        f"({admission.worst_input_tokens} input and {admission.max_output_tokens} output tokens).",
         param="balance",
     )
+
+
+@transaction.atomic(durable=True)
+def relay_admit(
+    *, principal, body: dict, kind: str, region_code: str | None, request_id: str
+) -> Admission:
+    """Route a request and set its worst case aside; refuses with 402/404/429/503. Own txn.
+
+    Funding comes first and the limits after it, so this takes its row locks in the order the
+    PostgreSQL path (relay.fast_path) takes them: entitlement, hold, ledger accounts, counters.
+    A refusal rolls everything back.
+    """
+    model = request_model(body)
+    policy, default_region_code = relay_policy(principal.api_key.id)
+    route = route_get(model=model, region_code=region_code or default_region_code)
+    candidates = candidate_list(buyer_org_id=principal.org.id, route=route)
+    admission = admission_new(
+        principal=principal,
+        body=body,
+        kind=kind,
+        route=route,
+        request_id=request_id,
+        candidates=candidates,
+    )
+    for candidate in candidates:
+        if _fund(admission, candidate):
+            break
+        admission.skipped.append(candidate.endpoint_id)
+    else:
+        raise insufficient_funds(admission)
+    if policy is not None:
+        _take_limits(admission, policy)
+    return admission
 
 
 def _take_limits(admission: Admission, policy: KeyPolicy) -> None:
