@@ -1,4 +1,9 @@
-"""Posting to the double-entry ledger. The only code that writes ledger rows.
+"""Posting to the double-entry ledger.
+
+This is the code that writes ledger rows. The one exception is the relay's hot path
+(relay/fast_path.py and the capture flush in relay/captures.py): single statements that make
+the moves of `hold_place`, `hold_release` and `hold_capture` under the same idempotency keys,
+with the same locks and rules, checked by the same database guards and by `ledger_check`.
 
 `ledger_post` is the one primitive: it locks the accounts it touches (ascending id), checks that
 the postings sum to zero and that no account that must stay non-negative would go below zero, then

@@ -11,6 +11,7 @@ Nothing goes to escrow: until entitlements exist, ledger_check wants escrow empt
 """
 
 from collections import defaultdict
+from unittest import mock
 
 import pytest
 from django.db import connection, transaction
@@ -42,6 +43,7 @@ from settlement.services import (
     platform_account,
     transfer,
 )
+from settlement.services import ledger as ledger_module
 from tests.accounts.factories import OrgFactory, UserFactory
 
 Kind = LedgerAccount.Kind
@@ -219,20 +221,21 @@ class LedgerMachine(RuleBasedStateMachine):
     def adjust(self, org, kind, credit_micro, debit_share_bp):
         amount_micro = credit_micro or -_share(self.model[(org, kind)], debit_share_bp)
         allowed = self.model[(org, kind)] + amount_micro >= 0
-        # The service is durable (it opens its own transaction); here it runs in the example's
-        # savepoint instead, so the example can still be rolled back as a whole.
-        self._apply(
-            lambda: ledger_adjust.__wrapped__(
-                org=self.orgs[org],
-                account_kind=kind,
-                amount_micro=amount_micro,
-                reason="property test",
-                actor=self.staff,
-                idempotency_key=self._key(),
-            ),
-            allowed=allowed,
-            refusal=InsufficientFunds,
-        )
+
+        # The service posts as a transaction of its own (ledger_post_durable); here the post runs
+        # in the example's savepoint instead, so the example can still be rolled back as a whole.
+        def adjust_in_savepoint():
+            with mock.patch.object(ledger_module, "ledger_post_durable", ledger_module.ledger_post):
+                return ledger_adjust(
+                    org=self.orgs[org],
+                    account_kind=kind,
+                    amount_micro=amount_micro,
+                    reason="property test",
+                    actor=self.staff,
+                    idempotency_key=self._key(),
+                )
+
+        self._apply(adjust_in_savepoint, allowed=allowed, refusal=InsufficientFunds)
         if allowed:
             self.model[(org, kind)] += amount_micro
             self.platform[Kind.ADJUSTMENTS] -= amount_micro
