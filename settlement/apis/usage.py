@@ -3,9 +3,11 @@
 import re
 from datetime import datetime
 
+import orjson
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -115,10 +117,45 @@ class EntitlementListApi(APIView):
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
+_ORJSON_PASSTHROUGH = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+class _AnswerRenderer(JSONRenderer):
+    """JSONRenderer writing a batch's answer with orjson, to the same bytes, several times faster.
+
+    Only the 200 answer, a dict of strings, integers, booleans and None that orjson writes as
+    JSONRenderer does (compact, UTF-8); anything else (an error, an indented rendering asked
+    for, a value orjson refuses, U+2028 or U+2029, which JSONRenderer escapes) is left to it.
+    """
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        renderer_context = renderer_context or {}
+        response = renderer_context.get("response")
+        if (
+            type(data) is dict
+            and response is not None
+            and response.status_code == 200
+            and not self.get_indent(accepted_media_type, renderer_context)
+        ):
+            try:
+                # Times and dataclasses left to JSONRenderer, which writes them its own way.
+                rendered = orjson.dumps(data, option=_ORJSON_PASSTHROUGH)
+            except TypeError:
+                rendered = None
+            if (
+                rendered is not None
+                and b"\xe2\x80\xa8" not in rendered
+                and b"\xe2\x80\xa9" not in rendered
+            ):
+                return rendered
+        return super().render(data, accepted_media_type, renderer_context)
+
+
 class UsageIngestApi(APIView):
     """Report a batch of usage; each record is answered accepted, duplicate or rejected."""
 
     required_scope = Scope.USAGE_WRITE
+    renderer_classes = [_AnswerRenderer]
 
     class InputSerializer(serializers.Serializer):
         class RecordSerializer(serializers.Serializer):
@@ -267,7 +304,7 @@ class UsageIngestApi(APIView):
         ],
     )
     def post(self, request):
-        parsed = _batch_parse(request.data)
+        parsed = _batch_parse(_body_read(request))
         if parsed is None:
             # Something the quick reading does not take: the serializer decides, and words the
             # errors (or reads what the quick reading left to it).
@@ -298,9 +335,28 @@ class UsageIngestApi(APIView):
 # every other input, so every error keeps the serializer's codes, fields and messages.
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
 _TEXT_LIMITS = (("market", 32), ("counterparty", 140), ("model", 120))
-_COUNTS_REQUIRED = ("input_tokens", "output_tokens")
 _SOURCES = frozenset({"provider", "buyer"})
 _DATETIME = serializers.DateTimeField()
+_UTF_8 = frozenset({"utf-8", "utf8"})
+
+
+def _body_read(request):
+    """The JSON body read with orjson when it is UTF-8 JSON orjson takes, else request.data.
+
+    orjson reads what it takes to the same values as the JSON parser does, except that it
+    makes integers past 64 bits floats, which `_batch_parse` refuses, so such a body, and every
+    body orjson refuses, goes to the serializer through request.data and JSONParser as before.
+    """
+    django_request = request._request
+    charset = django_request.content_params.get("charset")
+    if django_request.content_type != "application/json" or (
+        charset is not None and charset.lower() not in _UTF_8
+    ):
+        return request.data
+    try:
+        return orjson.loads(django_request.body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _batch_parse(data) -> tuple[list[UsageInput], str | None] | None:
@@ -315,63 +371,85 @@ def _batch_parse(data) -> tuple[list[UsageInput], str | None] | None:
     items = data.get("records")
     if type(items) is not list or not 1 <= len(items) <= MAX_BATCH_RECORDS:
         return None
-    zone = timezone.get_current_timezone()
+    read = _RecordReader(timezone.get_current_timezone())
     records = []
     for item in items:
-        record = _record_parse(item, zone)
+        record = read(item)
         if record is None:
             return None
         records.append(record)
     return records, source
 
 
-def _record_parse(item, zone) -> UsageInput | None:
-    """One record as RecordSerializer reads it, or None for anything it might word an error on."""
-    if type(item) is not dict:
-        return None
-    request_id = item.get("request_id")
-    if type(request_id) is not str or _REQUEST_ID.fullmatch(request_id) is None:
-        return None
-    for name, limit in _TEXT_LIMITS:
-        value = item.get(name)
-        # ASCII without NUL and surrounding whitespace: what CharField keeps unchanged.
-        if (
-            type(value) is not str
-            or not 0 < len(value) <= limit
-            or not value.isascii()
-            or "\x00" in value
-            or value.strip() != value
-        ):
+class _RecordReader:
+    """Reads records as RecordSerializer does; None for anything it might word an error on.
+
+    The records of a batch mostly repeat their market, counterparty and model, and often their
+    times: a value checked (or parsed) once is not checked again within the batch.
+    """
+
+    def __init__(self, zone):
+        self.zone = zone
+        self.texts_read = {name: set() for name, _ in _TEXT_LIMITS}
+        self.times_read: dict[str, datetime | None] = {}
+
+    def __call__(self, item) -> UsageInput | None:
+        if type(item) is not dict:
             return None
-    for name in _COUNTS_REQUIRED:
-        if type(item.get(name)) is not int:
+        request_id = item.get("request_id")
+        if type(request_id) is not str or _REQUEST_ID.fullmatch(request_id) is None:
             return None
-    cached = item.get("cached_input_tokens", 0)
-    is_estimated = item.get("is_estimated", False)
-    if type(cached) is not int or type(is_estimated) is not bool:
-        return None
-    started_at = _datetime_parse(item.get("started_at"), zone)
-    ended_at = _datetime_parse(item.get("ended_at"), zone)
-    if started_at is None or ended_at is None:
-        return None
-    return UsageInput(
-        request_id=request_id,
-        market=item["market"],
-        counterparty=item["counterparty"],
-        model=item["model"],
-        input_tokens=item["input_tokens"],
-        cached_input_tokens=cached,
-        output_tokens=item["output_tokens"],
-        started_at=started_at,
-        ended_at=ended_at,
-        is_estimated=is_estimated,
-    )
+        for name, limit in _TEXT_LIMITS:
+            value = item.get(name)
+            if type(value) is not str:
+                return None
+            if value in self.texts_read[name]:
+                continue
+            # ASCII without NUL and surrounding whitespace: what CharField keeps unchanged.
+            if (
+                not 0 < len(value) <= limit
+                or not value.isascii()
+                or "\x00" in value
+                or value.strip() != value
+            ):
+                return None
+            self.texts_read[name].add(value)
+        input_tokens, output_tokens = item.get("input_tokens"), item.get("output_tokens")
+        if type(input_tokens) is not int or type(output_tokens) is not int:
+            return None
+        cached = item.get("cached_input_tokens", 0)
+        is_estimated = item.get("is_estimated", False)
+        if type(cached) is not int or type(is_estimated) is not bool:
+            return None
+        started_at = self.time(item.get("started_at"))
+        ended_at = self.time(item.get("ended_at"))
+        if started_at is None or ended_at is None:
+            return None
+        return UsageInput(
+            request_id=request_id,
+            market=item["market"],
+            counterparty=item["counterparty"],
+            model=item["model"],
+            input_tokens=input_tokens,
+            cached_input_tokens=cached,
+            output_tokens=output_tokens,
+            started_at=started_at,
+            ended_at=ended_at,
+            is_estimated=is_estimated,
+        )
+
+    def time(self, value) -> datetime | None:
+        if type(value) is not str:
+            return None
+        try:
+            return self.times_read[value]
+        except KeyError:
+            parsed = self.times_read[value] = _datetime_parse(value, self.zone)
+            return parsed
 
 
-def _datetime_parse(value, zone) -> datetime | None:
+def _datetime_parse(value: str, zone) -> datetime | None:
     """An ISO 8601 time with its offset, in the current time zone as DateTimeField gives it."""
-    if type(value) is not str:
-        return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -387,6 +465,7 @@ def _datetime_parse(value, zone) -> datetime | None:
 def _results_output(results) -> list[dict]:
     """The results as ResultSerializer writes them, built as plain dicts."""
     times: dict = {}  # most records of a batch share their received_at
+    money: dict[int, str] = {}  # and most of their amounts (zero, the price)
     output = []
     for result in results:
         record = result.record
@@ -395,6 +474,12 @@ def _results_output(results) -> list[dict]:
             shown = times.get(received_at)
             if shown is None:
                 shown = times[received_at] = _DATETIME.to_representation(received_at)
+            amounts = []
+            for micro in (record.payg_price_micro, record.payg_cost_micro, record.unfunded_micro):
+                written = money.get(micro)
+                if written is None:
+                    written = money[micro] = money_format(micro)
+                amounts.append(written)
             record = {
                 "id": record.id,
                 "source": record.source,
@@ -402,10 +487,10 @@ def _results_output(results) -> list[dict]:
                 "billable_tokens": record.billable_tokens,
                 "entitlement_tokens": record.entitlement_tokens,
                 "payg_tokens": record.payg_tokens,
-                "payg_price": money_format(record.payg_price_micro),
-                "payg_cost": money_format(record.payg_cost_micro),
+                "payg_price": amounts[0],
+                "payg_cost": amounts[1],
                 "unfunded_tokens": record.unfunded_tokens,
-                "unfunded": money_format(record.unfunded_micro),
+                "unfunded": amounts[2],
                 "received_at": shown,
             }
         output.append(

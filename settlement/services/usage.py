@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from django.apps import apps
 from django.db import connection, transaction
 from django.db.models import F, Min, Q
+from django.db.models.base import ModelState
 from django.utils import timezone
 
 from accounts.models import Org
@@ -189,31 +190,63 @@ def _lookups(inputs: Sequence[UsageInput], source_org: Org) -> _Lookups:
     return _Lookups(markets=markets, orgs=orgs, relationship_starts=starts)
 
 
-def _problem(item: UsageInput, *, source: str, lookups: _Lookups, now: datetime):
-    """(code, message, row fields) for one record: a code when it is rejected, else the fields."""
-    counts = (item.input_tokens, item.cached_input_tokens, item.output_tokens)
-    if any(count < 0 for count in counts):
-        return "negative_tokens", None
-    if any(count > MAX_TOKENS_PER_CLASS for count in counts):
-        return "absurd_tokens", None
-    if not any(counts):
-        return "no_tokens", None
-    if item.ended_at < item.started_at or item.ended_at - item.started_at > MAX_REQUEST_DURATION:
-        return "invalid_times", None
-    if item.ended_at > now + CLOCK_SKEW:
-        return "in_future", None
+def _figures_problem(item: UsageInput, latest_end: datetime) -> str | None:
+    """The code rejecting a record for its own figures (counts and times), or None."""
+    input_tokens, cached_tokens, output_tokens = (
+        item.input_tokens,
+        item.cached_input_tokens,
+        item.output_tokens,
+    )
+    if input_tokens < 0 or cached_tokens < 0 or output_tokens < 0:
+        return "negative_tokens"
+    if max(input_tokens, cached_tokens, output_tokens) > MAX_TOKENS_PER_CLASS:
+        return "absurd_tokens"
+    if not (input_tokens or cached_tokens or output_tokens):
+        return "no_tokens"
+    started_at, ended_at = item.started_at, item.ended_at
+    if ended_at < started_at or ended_at - started_at > MAX_REQUEST_DURATION:
+        return "invalid_times"
+    if ended_at > latest_end:
+        return "in_future"
+    return None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a record's market, counterparty and model name, the same for every record alike."""
+
+    market_id: int
+    buyer_org_id: int
+    provider_org_id: int
+    output_weight_bp: int
+    cache_weight_bp: int
+    max_output_tokens: int
+    # The pair's first trade in the market less the clock skew; None: the pair never traded.
+    earliest_start: datetime | None
+
+
+def _target(item: UsageInput, *, source: str, source_org: Org, lookups: _Lookups) -> _Target | str:
+    """The record's market and pair, or the code that rejects every record naming them."""
     market = lookups.markets.get(item.market.upper())
     if market is None:
-        return "unknown_market", None
+        return "unknown_market"
     counterparty = lookups.orgs.get(item.counterparty)
     wanted_role = "is_buyer" if source == UsageSource.PROVIDER else "is_provider"
     if counterparty is None or not getattr(counterparty, wanted_role):
-        return "unknown_counterparty", None
+        return "unknown_counterparty"
     if not market.tier.admits(item.model):
-        return "model_not_admitted", None
-    if item.output_tokens > market.tier.max_output_tokens:
-        return "absurd_tokens", None
-    return None, (market, counterparty)
+        return "model_not_admitted"
+    buyer_id, provider_id = _pair(source, source_org, counterparty)
+    first = lookups.relationship_starts.get((buyer_id, provider_id, market.id))
+    return _Target(
+        market_id=market.id,
+        buyer_org_id=buyer_id,
+        provider_org_id=provider_id,
+        output_weight_bp=market.output_weight_bp,
+        cache_weight_bp=market.cache_weight_bp,
+        max_output_tokens=market.tier.max_output_tokens,
+        earliest_start=None if first is None else first - CLOCK_SKEW,
+    )
 
 
 def _pair(source: str, source_org: Org, counterparty: Org) -> tuple[int, int]:
@@ -259,6 +292,7 @@ def _same_figures(row: tuple, record: UsageRecord) -> bool:
 
 def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> list[UsageResult]:
     now = timezone.now()
+    latest_end = now + CLOCK_SKEW
     batch_id = uuid.uuid4()
     lookups = _lookups(inputs, source_org)
     results: list[UsageResult] = []
@@ -266,17 +300,27 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
     candidates: dict[str, tuple[int, tuple]] = {}  # by request id, first occurrence
     repeats: list[tuple[UsageResult, tuple]] = []  # same request id later in the batch
     is_primary = source == UsageSource.PROVIDER
+    # The records of a batch name a few markets, counterparties and models between them: each
+    # combination is looked up once.
+    targets: dict[tuple[str, str, str], _Target | str] = {}
     for index, item in enumerate(inputs):
         result = UsageResult(index=index, request_id=item.request_id, status="")
         results.append(result)
-        code, found = _problem(item, source=source, lookups=lookups, now=now)
+        code = _figures_problem(item, latest_end)
         if code is None:
-            market, counterparty = found
-            buyer_id, provider_id = _pair(source, source_org, counterparty)
-            first = lookups.relationship_starts.get((buyer_id, provider_id, market.id))
-            if first is None:
+            key = (item.market, item.counterparty, item.model)
+            target = targets.get(key)
+            if target is None:
+                target = targets[key] = _target(
+                    item, source=source, source_org=source_org, lookups=lookups
+                )
+            if type(target) is str:
+                code = target
+            elif item.output_tokens > target.max_output_tokens:
+                code = "absurd_tokens"
+            elif target.earliest_start is None:
                 code = "no_relationship"
-            elif item.started_at < first - CLOCK_SKEW:
+            elif item.started_at < target.earliest_start:
                 code = "before_relationship"
         if code is not None:
             result.status, result.code = UsageStatus.REJECTED, code
@@ -284,9 +328,9 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
             continue
         row = (
             item.request_id,
-            market.id,
-            buyer_id,
-            provider_id,
+            target.market_id,
+            target.buyer_org_id,
+            target.provider_org_id,
             item.model,
             item.input_tokens,
             item.cached_input_tokens,
@@ -297,11 +341,11 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
                 input_tokens=item.input_tokens,
                 cached_input_tokens=item.cached_input_tokens,
                 output_tokens=item.output_tokens,
-                output_weight_bp=market.output_weight_bp,
-                cache_weight_bp=market.cache_weight_bp,
+                output_weight_bp=target.output_weight_bp,
+                cache_weight_bp=target.cache_weight_bp,
             ),
-            market.output_weight_bp,
-            market.cache_weight_bp,
+            target.output_weight_bp,
+            target.cache_weight_bp,
             item.is_estimated,
             is_primary,
         )
@@ -314,9 +358,14 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
         source=source, source_org=source_org, rows=candidates, batch_id=batch_id, now=now
     )
     for request_id, (index, row) in candidates.items():
-        _answer(results[index], row, stored[request_id], batch_id)
+        record = stored[request_id]
+        if record.batch_id == batch_id:
+            # Written from this very row: its figures are the row's.
+            results[index].status, results[index].record = UsageStatus.ACCEPTED, record
+        else:
+            _answer(results[index], row, record)
     for result, row in repeats:
-        _answer(result, row, stored[row[0]], batch_id, is_repeat=True)
+        _answer(result, row, stored[row[0]])
     usage_meter(
         records=[
             record
@@ -328,15 +377,13 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
     return results
 
 
-def _answer(
-    result: UsageResult, row: tuple, record: UsageRecord, batch_id, *, is_repeat=False
-) -> None:
+def _answer(result: UsageResult, row: tuple, record: UsageRecord) -> None:
+    """Answer a record stored before (by an earlier call, or earlier in this batch)."""
     if not _same_figures(row, record):
         result.status, result.code = UsageStatus.REJECTED, "request_id_reused"
         result.message = REJECTION_CODES["request_id_reused"]
         return
-    is_ours = record.batch_id == batch_id and not is_repeat
-    result.status = UsageStatus.ACCEPTED if is_ours else UsageStatus.DUPLICATE
+    result.status = UsageStatus.DUPLICATE
     result.record = record
 
 
@@ -370,29 +417,18 @@ def _insert_once(
         "batch_id": batch_id,
         "received_at": now,
     }
-    defaults = _record_defaults()
-    # from_db takes the values in the model's field order.
-    names = ("id", *_ROW_COLUMNS, *constants, *defaults)
-    attnames = [field.attname for field in UsageRecord._meta.concrete_fields]
-    order = [names.index(attname) for attname in attnames]
-    tail = (*constants.values(), *defaults.values())
+    # Every field of a draft but the row's: the batch's constants and the defaults.
+    fixed = {"id": None, **_record_defaults(), **constants}
     stored: dict[str, UsageRecord] = {}
     plan = None
     for attempt in range(2):
-        drafts = {}
-        for row in pending:
-            values = (None, *row, *tail)
-            drafts[row[0]] = UsageRecord.from_db(
-                connection.alias, attnames, [values[i] for i in order]
-            )
+        drafts = _drafts(pending, fixed)
         if attempt == 0 and source == UsageSource.PROVIDER:
-            plan = _draw_plan([record for record in drafts.values() if record.is_primary])
-        columns = {
-            name: [row[position] for row in pending] for position, name in enumerate(_ROW_COLUMNS)
-        }
+            plan = _draw_plan([record for record in drafts if record.is_primary])
+        columns = dict(zip(_ROW_COLUMNS, map(list, zip(*pending, strict=True)), strict=True))
         if plan is not None:
             for name in ("metered_at", "entitlement_tokens"):
-                columns[name] = [getattr(drafts[row[0]], name) for row in pending]
+                columns[name] = [getattr(record, name) for record in drafts]
         written = rows_insert(
             UsageRecord,
             columns=columns,
@@ -401,10 +437,11 @@ def _insert_once(
             returning=("request_id", "id"),
         )
         ids = dict(written)
-        for request_id, record_id in ids.items():
-            record = drafts[request_id]
-            record.id = record_id
-            stored[request_id] = record
+        for record in drafts:
+            record_id = ids.get(record.request_id)
+            if record_id is not None:
+                record.id = record_id
+                stored[record.request_id] = record
         pending = [row for row in pending if row[0] not in ids]
         if not pending:
             return stored, plan
@@ -423,6 +460,26 @@ def _insert_once(
         # Lost the primary slot to the relay: keep it as a check record.
         pending = [_as_check(row) for row in pending]
     raise RuntimeError(f"usage records {[row[0] for row in pending][:5]} not stored")
+
+
+def _drafts(rows: list[tuple], fixed: dict[str, object]) -> list[UsageRecord]:
+    """A record for each row, not saved yet, with `fixed` giving the fields rows leave out.
+
+    The same instances `Model.from_db` builds for rows it reads, made straight from the field
+    values: `Model.__init__` sets each of the 27 fields through its descriptor, which cost more
+    than writing the row. No signal listens for these records' creation.
+    """
+    alias = connection.alias
+    new = object.__new__
+    drafts = []
+    for row in rows:
+        state = ModelState()
+        state.adding, state.db = False, alias
+        record = new(UsageRecord)
+        record.__dict__.update(fixed, _state=state)
+        record.__dict__.update(zip(_ROW_COLUMNS, row, strict=True))
+        drafts.append(record)
+    return drafts
 
 
 def _metered_elsewhere(*, provider_org_id: int, request_ids: list[str]) -> set[str]:
@@ -462,16 +519,9 @@ def _record_defaults() -> dict[str, object]:
     }
 
 
-def _eligible(record: UsageRecord, entitlements: list[Entitlement]) -> list[Entitlement]:
-    """The pair's entitlements this record may draw, in draw-down order."""
-    usable = [
-        entitlement
-        for entitlement in entitlements
-        if entitlement.tokens_left > 0
-        and entitlement.expires_at > record.started_at
-        and entitlement.created_at <= record.ended_at
-    ]
-    return sorted(usable, key=lambda e: (e.expires_at, e.created_at, e.id))
+def _in_draw_order(entitlements: list[Entitlement]) -> list[Entitlement]:
+    """A pair's entitlements in draw-down order: earliest expiry first, then oldest."""
+    return sorted(entitlements, key=lambda e: (e.expires_at, e.created_at, e.id))
 
 
 def _entitlements_for_update(pairs: set[tuple[int, int, int]]) -> list[Entitlement]:
@@ -525,53 +575,73 @@ def _draw_plan(records: list[UsageRecord]) -> _DrawPlan | None:
     pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in ordered}
     entitlements = _open_entitlements(pairs, lock=False)
     tokens_used = {entitlement.id: entitlement.tokens_used for entitlement in entitlements}
-    by_pair: dict[tuple[int, int, int], list[Entitlement]] = defaultdict(list)
-    for entitlement in entitlements:
-        key = (entitlement.buyer_org_id, entitlement.provider_org_id, entitlement.market_id)
-        by_pair[key].append(entitlement)
+    by_pair = _by_pair(entitlements)
     draws: list[tuple] = []
     metered_at = timezone.now()
     plan = _DrawPlan(records=ordered, tokens_used=tokens_used, draws=draws)
     for record in ordered:
         record.metered_at = metered_at
         key = (record.buyer_org_id, record.provider_org_id, record.market_id)
-        if _draw(record, by_pair[key], draws):
+        if _draw(record, by_pair.get(key, ()), draws):
             plan.discard()
             return None
     return plan
 
 
-def _draw(record: UsageRecord, entitlements: list[Entitlement], draws: list[tuple]) -> int:
-    """Draw `record` down against `entitlements`; return its billable tokens left uncovered.
+def _by_pair(entitlements: list[Entitlement]) -> dict[tuple[int, int, int], list[Entitlement]]:
+    """Entitlements by (buyer, provider, market), each pair's in draw-down order."""
+    by_pair: dict[tuple[int, int, int], list[Entitlement]] = defaultdict(list)
+    for entitlement in entitlements:
+        key = (entitlement.buyer_org_id, entitlement.provider_org_id, entitlement.market_id)
+        by_pair[key].append(entitlement)
+    return {key: _in_draw_order(pair) for key, pair in by_pair.items()}
 
+
+def _draw(record: UsageRecord, entitlements: Sequence[Entitlement], draws: list[tuple]) -> int:
+    """Draw `record` down against its pair's `entitlements` (in draw-down order); return its
+    billable tokens left uncovered.
+
+    Only entitlements bought before the usage ended and expiring after it started are drawn.
     An entitlement counts in its own contract weights. When they equal the market's (the usual
     case) a draw of n tokens covers n of the record's billable tokens; otherwise the record's
     uncovered share is converted, rounding down what the entitlement is charged. Each draw is
     appended to `draws` as (record, entitlement, tokens, covered tokens).
     """
-    left = record.billable_tokens
-    for entitlement in _eligible(record, entitlements):
+    billable = left = record.billable_tokens
+    weights = (record.output_weight_bp, record.cache_weight_bp)
+    for entitlement in entitlements:
         if left == 0:
             break
-        own = billable_tokens(
-            input_tokens=record.input_tokens,
-            cached_input_tokens=record.cached_input_tokens,
-            output_tokens=record.output_tokens,
-            output_weight_bp=entitlement.output_weight_bp,
-            cache_weight_bp=entitlement.cache_weight_bp,
-        )
-        need, _ = div_floor(left * own, record.billable_tokens)
-        tokens = min(need, entitlement.tokens_left)
-        if tokens == need:
-            covered = left
+        tokens_left = entitlement.tokens_bought - entitlement.tokens_used
+        if (
+            tokens_left <= 0
+            or entitlement.expires_at <= record.started_at
+            or entitlement.created_at > record.ended_at
+        ):
+            continue
+        if (entitlement.output_weight_bp, entitlement.cache_weight_bp) == weights:
+            # The same weights count the same tokens: a token drawn is a token covered.
+            tokens = covered = min(left, tokens_left)
         else:
-            covered, _ = div_floor(tokens * record.billable_tokens, own)
+            own = billable_tokens(
+                input_tokens=record.input_tokens,
+                cached_input_tokens=record.cached_input_tokens,
+                output_tokens=record.output_tokens,
+                output_weight_bp=entitlement.output_weight_bp,
+                cache_weight_bp=entitlement.cache_weight_bp,
+            )
+            need, _ = div_floor(left * own, billable)
+            tokens = min(need, tokens_left)
+            if tokens == need:
+                covered = left
+            else:
+                covered, _ = div_floor(tokens * billable, own)
         if covered == 0:
             continue
         entitlement.tokens_used += tokens
         draws.append((record, entitlement, tokens, covered))
         left -= covered
-    record.entitlement_tokens = record.billable_tokens - left
+    record.entitlement_tokens = billable - left
     return left
 
 
@@ -653,15 +723,12 @@ def usage_meter(*, records: Sequence[UsageRecord], plan: _DrawPlan | None = None
     for record in records:
         record.metered_at = metered_at
     records = sorted(records, key=lambda r: (r.ended_at, r.request_id, r.id))
-    by_pair: dict[tuple[int, int, int], list[Entitlement]] = defaultdict(list)
-    for entitlement in locked:
-        key = (entitlement.buyer_org_id, entitlement.provider_org_id, entitlement.market_id)
-        by_pair[key].append(entitlement)
+    by_pair = _by_pair(locked)
     draws: list[tuple] = []
     uncovered = {}
     for record in records:
         key = (record.buyer_org_id, record.provider_org_id, record.market_id)
-        left = _draw(record, by_pair[key], draws)
+        left = _draw(record, by_pair.get(key, ()), draws)
         if left:
             uncovered[record.id] = left
 

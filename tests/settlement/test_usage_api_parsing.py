@@ -1,11 +1,20 @@
 """The usage API reads and writes a batch without its serializers, to the same values and wire."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
 from accounts.models import Scope
-from settlement.apis.usage import UsageIngestApi, _batch_parse, _results_output
+from settlement.apis.usage import (
+    _DATETIME,
+    UsageIngestApi,
+    _AnswerRenderer,
+    _batch_parse,
+    _results_output,
+)
 from settlement.services import usage_ingest
 from settlement.services.usage import UsageInput
 from tests.settlement import usage_setup
@@ -138,3 +147,79 @@ def test_a_badly_typed_record_gets_the_serializers_error(seller, buyer, market, 
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["fields"] == {"records.0.input_tokens": ["A valid integer is required."]}
+
+
+def _raw(client, body: bytes):
+    return client.post("/api/v1/usage", body, content_type="application/json")
+
+
+@pytest.mark.django_db
+def test_an_integer_past_64_bits_is_read_as_the_json_parser_reads_it(
+    seller, buyer, market, buy, api_for
+):
+    buy()
+    client = api_for(seller, scopes=[Scope.USAGE_WRITE])
+    now = datetime.now(UTC)
+    item = {
+        **usage(market, buyer.org).__dict__,
+        "started_at": (now - timedelta(seconds=2)).isoformat(),
+        "ended_at": now.isoformat(),
+    }
+    item["input_tokens"] = "BIG"
+    # 2^70 input tokens: the JSON parser reads an int, which the usage check then refuses.
+    body = json.dumps({"records": [item]}).replace('"BIG"', str(2**70))
+
+    response = _raw(client, body.encode())
+
+    assert response.status_code == 200, response.json()
+    [result] = response.json()["results"]
+    assert (result["status"], result["code"]) == ("rejected", "absurd_tokens")
+
+
+@pytest.mark.django_db
+def test_a_body_that_is_not_json_gets_the_json_parsers_error(seller, api_for):
+    client = api_for(seller, scopes=[Scope.USAGE_WRITE])
+
+    response = _raw(client, b'{"records": [')
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "malformed_request"
+    assert error["message"].startswith("JSON parse error - Expecting value")
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    ['req-"quoted"', "req-back\\slash", "req-</script>", "req-\u2028line"],
+)
+def test_the_answer_is_written_to_the_bytes_the_json_renderer_writes(request_id):
+    received_at = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    body = {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 1,
+        "results": [
+            {
+                "index": 0,
+                "request_id": request_id,
+                "status": "accepted",
+                "code": "",
+                "message": "",
+                "record": {
+                    "id": 2**40,
+                    "source": "provider",
+                    "is_primary": True,
+                    "billable_tokens": 1_600,
+                    "payg_price": "5.000000",
+                    "received_at": _DATETIME.to_representation(received_at),
+                },
+            },
+            {"index": 1, "request_id": "b", "status": "rejected", "record": None},
+        ],
+    }
+
+    for status in (200, 400):
+        context = {"response": Response(status=status)}
+        assert _AnswerRenderer().render(body, "application/json", context) == (
+            JSONRenderer().render(body, "application/json", context)
+        )

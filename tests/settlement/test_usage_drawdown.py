@@ -199,3 +199,32 @@ def test_a_fully_used_and_delivered_entitlement_is_exhausted(seller, buyer, mark
     assert _balance(buyer.org, Kind.ESCROW) == 0
     assert _balance(buyer.org, Kind.AVAILABLE) < BUYER_FUNDS_MICRO
     assert ledger_check() == []
+
+
+def test_an_entitlement_draws_in_its_own_contract_weights(seller, buyer, market, buy):
+    # Traded when output weighed 3x: 1,000 input and 100 output tokens are 1,300 of its tokens
+    # and cover the record's 1,600 billable tokens at the market's 6x.
+    entitlement = buy(output_weight_bp=30_000)
+
+    [result] = usage_ingest(principal=seller, records=[usage(market, buyer.org)])
+
+    draw = UsageDraw.objects.get(usage_record_id=result.record.id)
+    assert (draw.tokens, draw.covered_tokens) == (1_300, 1_600)
+    entitlement.refresh_from_db()
+    assert entitlement.tokens_used == 1_300
+    assert result.record.entitlement_tokens == 1_600
+    assert ledger_check() == []
+
+
+def test_a_short_entitlement_in_other_weights_covers_its_share(seller, buyer, market, buy):
+    entitlement = buy(output_weight_bp=30_000)
+    left_650 = entitlement.tokens_bought - 650
+    Entitlement.objects.filter(pk=entitlement.pk).update(tokens_used=left_650)
+
+    [result] = usage_ingest(principal=seller, records=[usage(market, buyer.org)])
+
+    draw = UsageDraw.objects.get(usage_record_id=result.record.id)
+    # 650 of its 1,300 tokens cover half the record: 800 billable; the rest is pay-as-you-go.
+    assert (draw.tokens, draw.covered_tokens) == (650, 800)
+    assert (result.record.entitlement_tokens, result.record.payg_tokens) == (800, 800)
+    assert ledger_check() == []

@@ -333,3 +333,15 @@ def test_concurrent_retries_of_one_batch_count_it_once(seller, buyer, market, bu
     assert payg.count() == sum(1 for r in records if r.payg_cost_micro)
     assert Entitlement.objects.count() == 1
     assert ledger_check() == []
+
+
+def test_the_answered_record_is_the_row_stored(seller, buyer, market, buy):
+    buy()
+
+    [result] = usage_ingest(principal=seller, records=[usage(market, buyer.org)])
+
+    stored = UsageRecord.objects.get(pk=result.record.id)
+    for field in UsageRecord._meta.concrete_fields:
+        assert getattr(result.record, field.attname) == getattr(stored, field.attname), field.name
+    assert not result.record._state.adding
+    assert UsageDraw.objects.get(usage_record=result.record).tokens == 1_600
