@@ -334,3 +334,21 @@ def test_a_breach_seen_once_is_looked_at_again_before_the_run_fails(buyer, selle
         run = settle(moment)
     assert (run.status, run.tokens_settled) == (SettlementRun.Status.SUCCEEDED, 100_000)
     assert ledger_check() == []
+
+
+def test_draws_beyond_what_an_entitlement_used_fail_the_run(buyer, seller, market, moment, bought):
+    report(seller, buyer.org, market, tokens=100_000, at=moment)
+    # A bug in the meter, made by hand: the entitlement says it used less than was drawn.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Entitlement._meta.db_table} SET tokens_used = 99999 WHERE id = %s",
+            [bought.id],
+        )
+    before = _balances(buyer, seller)
+    expected = f"entitlement {bought.id} has draws of 100000 tokens but only 99999 used"
+    assert ledger_check() == [expected]
+    with pytest.raises(SettlementRunFailed):
+        settle(moment)
+    run = SettlementRun.objects.get()
+    assert run.status == SettlementRun.Status.FAILED and run.problems == expected
+    assert _balances(buyer, seller) == before
