@@ -35,7 +35,7 @@ needs no change here.
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import connections
 from django.utils import timezone
@@ -57,6 +57,7 @@ from relay.services import (
     relay_policy,
     relay_policy_cached,
     relay_principal_cached,
+    relay_usage_record,
 )
 from settlement.models import (
     Entitlement,
@@ -351,31 +352,11 @@ async def relay_settle_fast(*, connection, admission: Admission, outcome: Outcom
     usage_fields, request_fields, sql = _settle_statement()
     billable = outcome.tokens.billable(admission.market_weights)
     has_usage = bool(cost) and billable > 0
-    usage = UsageRecord(
-        source=UsageRecord.Source.RELAY,
-        source_org=None,
-        request_id=admission.request_id,
-        batch_id=uuid.uuid4(),
-        market_id=admission.market_id,
-        buyer_org_id=admission.org_id,
-        provider_org_id=outcome.provider_org_id,
-        model=admission.model,
-        input_tokens=outcome.tokens.input_tokens,
-        cached_input_tokens=outcome.tokens.cached_input_tokens,
-        output_tokens=outcome.tokens.output_tokens,
-        billable_tokens=billable,
-        output_weight_bp=admission.market_weights.output_weight_bp,
-        cache_weight_bp=admission.market_weights.cache_weight_bp,
-        is_estimated=outcome.is_estimated,
-        is_primary=True,
-        started_at=now - timedelta(milliseconds=outcome.duration_ms),
-        ended_at=now,
-        metered_at=now,
-        payg_tokens=billable,
-        payg_price_micro=funding.price_micro,
-        payg_cost_micro=cost,
-        payg_fee_micro=bp_floor(cost, funding.provider_fee_bp),
-    )
+    usage = relay_usage_record(admission, outcome, ended_at=now)
+    usage.payg_tokens = billable
+    usage.payg_price_micro = funding.price_micro
+    usage.payg_cost_micro = cost
+    usage.payg_fee_micro = bp_floor(cost, funding.provider_fee_bp)
     request = RelayRequest(
         request_id=admission.request_id,
         api_key_id=admission.api_key_id,

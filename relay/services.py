@@ -515,6 +515,31 @@ def _draw_entitlement(admission: Admission, funding: Funding, outcome: Outcome, 
     )
 
 
+def relay_usage_record(admission, outcome, *, ended_at) -> UsageRecord:
+    """The relay's usage record of a served request, unsaved, before its funding columns."""
+    return UsageRecord(
+        source=UsageRecord.Source.RELAY,
+        source_org=None,
+        request_id=admission.request_id,
+        batch_id=uuid.uuid4(),
+        market_id=admission.market_id,
+        buyer_org_id=admission.org_id,
+        provider_org_id=outcome.provider_org_id,
+        model=admission.model,
+        input_tokens=outcome.tokens.input_tokens,
+        cached_input_tokens=outcome.tokens.cached_input_tokens,
+        output_tokens=outcome.tokens.output_tokens,
+        billable_tokens=outcome.tokens.billable(admission.market_weights),
+        output_weight_bp=admission.market_weights.output_weight_bp,
+        cache_weight_bp=admission.market_weights.cache_weight_bp,
+        is_estimated=outcome.is_estimated,
+        is_primary=True,
+        started_at=ended_at - timedelta(milliseconds=outcome.duration_ms),
+        ended_at=ended_at,
+        metered_at=ended_at,
+    )
+
+
 def _record_usage(
     admission: Admission, funding: Funding, outcome: Outcome, *, cost: int, is_drawn: bool
 ) -> None:
@@ -527,28 +552,7 @@ def _record_usage(
     billable = outcome.tokens.billable(admission.market_weights)
     if billable <= 0:
         return
-    ended_at = timezone.now()
-    record = UsageRecord(
-        source=UsageRecord.Source.RELAY,
-        source_org=None,
-        request_id=admission.request_id,
-        batch_id=uuid.uuid4(),
-        market_id=admission.market_id,
-        buyer_org_id=admission.org_id,
-        provider_org_id=outcome.provider_org_id,
-        model=admission.model,
-        input_tokens=outcome.tokens.input_tokens,
-        cached_input_tokens=outcome.tokens.cached_input_tokens,
-        output_tokens=outcome.tokens.output_tokens,
-        billable_tokens=billable,
-        output_weight_bp=admission.market_weights.output_weight_bp,
-        cache_weight_bp=admission.market_weights.cache_weight_bp,
-        is_estimated=outcome.is_estimated,
-        is_primary=True,
-        started_at=ended_at - timedelta(milliseconds=outcome.duration_ms),
-        ended_at=ended_at,
-        metered_at=ended_at,
-    )
+    record = relay_usage_record(admission, outcome, ended_at=timezone.now())
     if funding.entitlement_id is None:
         record.payg_tokens = billable
         record.payg_price_micro = funding.price_micro
