@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.reference import ROOT
+import psycopg
+
+from benchmarks.reference import ROOT, _process_cpu_s
 
 MODEL = "bench-model"
 PASSWORD = "bench-only-password-7f3a"
@@ -165,3 +167,93 @@ def bench_buyer(*, index: int, funding_micro: int):
             reference="bench funding",
         )
     return principal_of(user, org)
+
+
+def _server_pids(gunicorn_pid: int, url: str) -> tuple[list[int], list[int]]:
+    """The gunicorn workers (children of the master) and the database's backends but ours."""
+    try:
+        workers = [
+            int(pid)
+            for pid in Path(f"/proc/{gunicorn_pid}/task/{gunicorn_pid}/children")
+            .read_text()
+            .split()
+        ]
+    except OSError:
+        workers = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        backends = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    return workers, backends
+
+
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    return {pid: cpu for pid in pids if (cpu := _process_cpu_s(pid)) is not None}
+
+
+def _cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU the processes used between two readings; one that started in between counts whole."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def run_http_clients(
+    clients: list, seconds: float, *, gunicorn_pid: int, url: str, patience_s: float
+) -> dict:
+    """Start the client threads, release them together for `seconds`, and gather what they saw.
+
+    Each client is a thread with `ready` (an Event it sets once warmed up, or on failure),
+    `failure`, `deadline` (set here), `latencies_s` and `errors` (counts by label), and waits on
+    its `start_event` (one Event shared by all), which is set here. Also reads the CPU that
+    gunicorn's workers and the database's backends used in the window, from /proc: what the
+    work costs the server, which other load on the machine moves less than the throughput. Both
+    are None where /proc is not readable (the server on another host).
+    """
+    start = clients[0].start_event
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.ready.wait(timeout=patience_s)
+    failures = [client.failure for client in clients if client.failure]
+    if failures:
+        start.set()
+        raise RuntimeError(f"{len(failures)} client(s) failed to start; the first: {failures[0]}")
+    workers, backends = _server_pids(gunicorn_pid, url)
+    workers_before, backends_before = _cpu_s(workers), _cpu_s(backends)
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    for client in clients:
+        client.deadline = started + seconds
+    start.set()
+    for client in clients:
+        client.join(timeout=seconds + patience_s)
+    elapsed = time.perf_counter() - started
+    client_cpu_s = time.process_time() - cpu_before
+    workers_after, backends_after = (_cpu_s(pids) for pids in _server_pids(gunicorn_pid, url))
+    errors: dict[str, int] = {}
+    for client in clients:
+        for status, count in client.errors.items():
+            errors[status] = errors.get(status, 0) + count
+    return {
+        "seconds": elapsed,
+        "latencies": sorted(latency for client in clients for latency in client.latencies_s),
+        "errors": errors,
+        "client_cpu_s": client_cpu_s,
+        "gunicorn_cpu_s": _cpu_used_s(workers_before, workers_after) if workers_after else None,
+        "database_cpu_s": _cpu_used_s(backends_before, backends_after) if backends_after else None,
+        "failures": [client.failure for client in clients if client.failure],
+    }
+
+
+def cpu_per_unit(run: dict, units: int) -> str:
+    """Client / gunicorn / database CPU of `run_http_clients`'s run, in us per unit of work."""
+
+    def per_unit(cpu_s: float | None) -> str:
+        return "n/a" if cpu_s is None else f"{1e6 * cpu_s / max(1, units):,.0f}"
+
+    return " / ".join(
+        per_unit(run[key]) for key in ("client_cpu_s", "gunicorn_cpu_s", "database_cpu_s")
+    )

@@ -35,19 +35,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg
-
 from benchmarks.exchange import (
     bench_buyer,
     bench_market,
     bench_provider,
+    cpu_per_unit,
     free_port,
     quantile_ms,
+    run_http_clients,
     start_gunicorn,
     stop_server,
 )
 from benchmarks.reference import (
-    _process_cpu_s,
     django_setup,
     pgbench_database,
     scratch_database,
@@ -151,92 +150,14 @@ class Client(threading.Thread):
             self.ready.set()
 
 
-def _server_pids(gunicorn_pid: int, url: str) -> tuple[list[int], list[int]]:
-    """The gunicorn workers (children of the master) and the database's backends but ours."""
-    try:
-        workers = [
-            int(pid)
-            for pid in Path(f"/proc/{gunicorn_pid}/task/{gunicorn_pid}/children")
-            .read_text()
-            .split()
-        ]
-    except OSError:
-        workers = []
-    with psycopg.connect(url, autocommit=True) as conn:
-        backends = [
-            row[0]
-            for row in conn.execute(
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        ]
-    return workers, backends
-
-
-def _cpu_s(pids: list[int]) -> dict[int, float]:
-    return {pid: cpu for pid in pids if (cpu := _process_cpu_s(pid)) is not None}
-
-
-def _cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU the processes used between two readings; one that started in between counts whole."""
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
-
-
 def _load(
     base_url: str, keys: list[str], market: dict, seconds: float, *, gunicorn_pid: int, url: str
 ) -> dict:
-    """Run one client thread per key for `seconds`, all starting together.
-
-    Also reads the CPU that gunicorn's workers and the database's backends used in the window,
-    from /proc: what an order costs the server, which other load on the machine moves less than
-    the throughput. Both are None where /proc is not readable (the server on another host).
-    """
+    """Run one client thread per key for `seconds`, all starting together; with server CPU."""
     start = threading.Event()
     clients = [Client(index, base_url, key, market, start) for index, key in enumerate(keys)]
-    for client in clients:
-        client.start()
-    for client in clients:
-        client.ready.wait(timeout=120)
-    failures = [client.failure for client in clients if client.failure]
-    if failures:
-        start.set()
-        raise RuntimeError(f"{len(failures)} client(s) failed to start; the first: {failures[0]}")
-    workers, backends = _server_pids(gunicorn_pid, url)
-    workers_before, backends_before = _cpu_s(workers), _cpu_s(backends)
-    cpu_before = time.process_time()
-    started = time.perf_counter()
-    for client in clients:
-        client.deadline = started + seconds
-    start.set()
-    for client in clients:
-        client.join(timeout=seconds + 120)
-    elapsed = time.perf_counter() - started
-    client_cpu_s = time.process_time() - cpu_before
-    workers_after, backends_after = (_cpu_s(pids) for pids in _server_pids(gunicorn_pid, url))
-    errors: dict[str, int] = {}
-    for client in clients:
-        for status, count in client.errors.items():
-            errors[status] = errors.get(status, 0) + count
-    latencies = sorted(latency for client in clients for latency in client.latencies_s)
-    return {
-        "orders": len(latencies),
-        "seconds": elapsed,
-        "latencies": latencies,
-        "errors": errors,
-        "client_cpu_s": client_cpu_s,
-        "gunicorn_cpu_s": _cpu_used_s(workers_before, workers_after) if workers_after else None,
-        "database_cpu_s": _cpu_used_s(backends_before, backends_after) if backends_after else None,
-        "failures": [client.failure for client in clients if client.failure],
-    }
-
-
-def _cpu_per_order(run: dict) -> str:
-    def per_order(cpu_s: float | None) -> str:
-        return "n/a" if cpu_s is None else f"{1e6 * cpu_s / max(1, run['orders']):,.0f}"
-
-    return " / ".join(
-        per_order(run[key]) for key in ("client_cpu_s", "gunicorn_cpu_s", "database_cpu_s")
-    )
+    run = run_http_clients(clients, seconds, gunicorn_pid=gunicorn_pid, url=url, patience_s=120)
+    return {**run, "orders": len(run["latencies"])}
 
 
 def _outcome() -> dict:
@@ -332,7 +253,7 @@ def main() -> None:
         ),
         ("orders answered 201/200 / seconds", f"{run['orders']:,} / {run['seconds']:.1f}"),
         ("errors (other answers)", errors),
-        ("CPU us/order: client / gunicorn / db", _cpu_per_order(run)),
+        ("CPU us/order: client / gunicorn / db", cpu_per_unit(run, run["orders"])),
         ("gunicorn", f"{args.workers} gthread workers x {args.threads} threads"),
         ("orders in the database (+ warm-ups)", f"{outcome['orders']:,}"),
         ("pending / holds", f"{statuses.get('pending', 0):,} / {outcome['holds']:,}"),

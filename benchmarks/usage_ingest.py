@@ -41,12 +41,13 @@ from benchmarks.exchange import (
     bench_buyer,
     bench_market,
     bench_provider,
+    cpu_per_unit,
     free_port,
     quantile_ms,
+    run_http_clients,
     start_gunicorn,
     stop_server,
 )
-from benchmarks.order_intake import _cpu_s, _cpu_used_s, _server_pids
 from benchmarks.reference import django_setup, pgbench_database, scratch_database
 
 TARGET_RATIO = 8.0
@@ -231,49 +232,8 @@ def _load(
         Client(index, base_url, key, slug, symbol, batch, start)
         for index, (key, slug) in enumerate(pairs)
     ]
-    for client in clients:
-        client.start()
-    for client in clients:
-        client.ready.wait(timeout=300)
-    failures = [client.failure for client in clients if client.failure]
-    if failures:
-        start.set()
-        raise RuntimeError(f"{len(failures)} client(s) failed to start; the first: {failures[0]}")
-    workers, backends = _server_pids(gunicorn_pid, url)
-    workers_before, backends_before = _cpu_s(workers), _cpu_s(backends)
-    cpu_before = time.process_time()
-    started = time.perf_counter()
-    for client in clients:
-        client.deadline = started + seconds
-    start.set()
-    for client in clients:
-        client.join(timeout=seconds + 300)
-    elapsed = time.perf_counter() - started
-    client_cpu_s = time.process_time() - cpu_before
-    workers_after, backends_after = (_cpu_s(pids) for pids in _server_pids(gunicorn_pid, url))
-    errors: dict[str, int] = {}
-    for client in clients:
-        for status, count in client.errors.items():
-            errors[status] = errors.get(status, 0) + count
-    return {
-        "records": sum(client.accepted for client in clients),
-        "seconds": elapsed,
-        "latencies": sorted(latency for client in clients for latency in client.latencies_s),
-        "errors": errors,
-        "client_cpu_s": client_cpu_s,
-        "gunicorn_cpu_s": _cpu_used_s(workers_before, workers_after) if workers_after else None,
-        "database_cpu_s": _cpu_used_s(backends_before, backends_after) if backends_after else None,
-        "failures": [client.failure for client in clients if client.failure],
-    }
-
-
-def _cpu_per_record(run: dict) -> str:
-    def per_record(cpu_s: float | None) -> str:
-        return "n/a" if cpu_s is None else f"{1e6 * cpu_s / max(1, run['records']):,.0f}"
-
-    return " / ".join(
-        per_record(run[key]) for key in ("client_cpu_s", "gunicorn_cpu_s", "database_cpu_s")
-    )
+    run = run_http_clients(clients, seconds, gunicorn_pid=gunicorn_pid, url=url, patience_s=300)
+    return {**run, "records": sum(client.accepted for client in clients)}
 
 
 def _outcome() -> dict:
@@ -395,7 +355,7 @@ def main() -> None:
         ),
         ("records accepted / seconds", f"{run['records']:,} / {run['seconds']:.1f}"),
         ("errors (records not accepted)", errors),
-        ("CPU us/record: client / gunicorn / db", _cpu_per_record(run)),
+        ("CPU us/record: client / gunicorn / db", cpu_per_unit(run, run["records"])),
         ("gunicorn", f"{args.workers} gthread workers x {args.threads} threads"),
         ("records in the database (+ warm-ups)", f"{outcome['records']:,}"),
         ("draws / records charged pay-as-you-go", f"{outcome['draws']:,} / {outcome['payg']:,}"),

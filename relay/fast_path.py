@@ -57,6 +57,7 @@ from relay.services import (
     relay_policy,
     relay_policy_cached,
     relay_principal_cached,
+    relay_request,
     relay_usage_record,
 )
 from settlement.models import (
@@ -357,31 +358,8 @@ async def relay_settle_fast(*, connection, admission: Admission, outcome: Outcom
     usage.payg_price_micro = funding.price_micro
     usage.payg_cost_micro = cost
     usage.payg_fee_micro = bp_floor(cost, funding.provider_fee_bp)
-    request = RelayRequest(
-        request_id=admission.request_id,
-        api_key_id=admission.api_key_id,
-        buyer_org_id=admission.org_id,
-        market_id=admission.market_id,
-        endpoint_id=outcome.endpoint_id,
-        provider_org_id=outcome.provider_org_id,
-        entitlement_id=None,
-        model=admission.model,
-        kind=admission.kind,
-        status=outcome.status,
-        is_streamed=admission.is_streamed,
-        is_estimated=outcome.is_estimated,
-        input_tokens=outcome.tokens.input_tokens,
-        cached_input_tokens=outcome.tokens.cached_input_tokens,
-        output_tokens=outcome.tokens.output_tokens,
-        billable_tokens=outcome.tokens.billable(funding.weights),
-        price_micro=funding.price_micro,
-        held_micro=funding.worst_micro,
-        cost_micro=cost,
-        attempts=outcome.attempts,
-        ttft_ms=outcome.ttft_ms,
-        duration_ms=outcome.duration_ms,
-        created_at=now,
-    )
+    request = relay_request(admission, funding, outcome, cost=cost, entitlement_id=None)
+    request.created_at = now
     excess = admission.hold_micro - cost
     available_id, held_id = admission.account_ids
     params = {

@@ -475,7 +475,30 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
         transaction.on_commit(lambda: capture_enqueue(capture))
     if cost:
         _record_usage(admission, funding, outcome, cost=cost, is_drawn=is_drawn)
-    return RelayRequest.objects.create(
+    request = relay_request(admission, funding, outcome, cost=cost, entitlement_id=entitlement_id)
+    request.save(force_insert=True)
+    return request
+
+
+def _draw_entitlement(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> bool:
+    """Count the tokens against the entitlement; settlement moves escrow to the provider later.
+
+    The reservation made at admission covers the worst case, so the draw fits; False (nothing
+    drawn, the usage recorded as unfunded) only if the entitlement changed under it anyway.
+    """
+    billable = outcome.tokens.billable(funding.weights)
+    return bool(
+        Entitlement.objects.filter(
+            pk=funding.entitlement_id, tokens_used__lte=F("tokens_bought") - billable
+        ).update(tokens_used=F("tokens_used") + billable)
+    )
+
+
+def relay_request(
+    admission: Admission, funding: Funding | None, outcome: Outcome, *, cost: int, entitlement_id
+) -> RelayRequest:
+    """The RelayRequest row of a settled request, unsaved."""
+    return RelayRequest(
         request_id=admission.request_id,
         api_key_id=admission.api_key_id,
         buyer_org_id=admission.org_id,
@@ -498,20 +521,6 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
         attempts=outcome.attempts,
         ttft_ms=outcome.ttft_ms,
         duration_ms=outcome.duration_ms,
-    )
-
-
-def _draw_entitlement(admission: Admission, funding: Funding, outcome: Outcome, cost: int) -> bool:
-    """Count the tokens against the entitlement; settlement moves escrow to the provider later.
-
-    The reservation made at admission covers the worst case, so the draw fits; False (nothing
-    drawn, the usage recorded as unfunded) only if the entitlement changed under it anyway.
-    """
-    billable = outcome.tokens.billable(funding.weights)
-    return bool(
-        Entitlement.objects.filter(
-            pk=funding.entitlement_id, tokens_used__lte=F("tokens_bought") - billable
-        ).update(tokens_used=F("tokens_used") + billable)
     )
 
 
