@@ -91,6 +91,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Values travel as bind parameters, and a statement this connection has run
+    # PREPARE_THRESHOLD times is prepared on the server, so PostgreSQL parses and plans the hot
+    # queries (the API key lookup, an order's idempotency check, the ledger's post) once per
+    # connection instead of on every request: planning them was most of the database's CPU for an
+    # order. It needs a session per connection on the server: behind a pooler in transaction
+    # mode (PgBouncer) set DATABASE_PREPARE_THRESHOLD to 0, which turns preparing off.
+    _prepare_threshold = env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0)
+    DATABASES["default"]["OPTIONS"] = {
+        "server_side_binding": True,
+        "prepare_threshold": _prepare_threshold or None,
+    }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -11,19 +11,18 @@ writes the transaction, its entries and the new balances. It runs inside the cal
 so the business change and its ledger entries commit together, or not at all.
 
 Every money movement goes through it, so its round trips are the ledger's speed. On PostgreSQL
-it is one statement, prepared once per connection: it locks the accounts, looks up the
-idempotency key, checks the rules and writes the transaction, its entries and the balances, or
-writes nothing and returns what it saw so the refusal can be explained. Planning that statement
-afresh each time cost more than running it, hence the prepared statement. SQLite (one writer)
-takes the ORM path; the tests run on both.
+it is one statement: it locks the accounts, looks up the idempotency key, checks the rules and
+writes the transaction, its entries and the balances, or writes nothing and returns what it saw
+so the refusal can be explained. Planning that statement afresh each time cost more than running
+it; the connection prepares it on the server after its first few runs (the database settings'
+prepare threshold), and from then on PostgreSQL only executes it. SQLite (one writer) takes the
+ORM path; the tests run on both.
 
 `ledger_post_durable` is the same post for a movement with nothing else to commit beside it
 (a staff adjustment, a transfer): it is its own transaction, on PostgreSQL the one statement
 in autocommit, so one round trip.
 """
 
-import hashlib
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -247,32 +246,6 @@ def _post_orm(*, kind, net, reference, idempotency_key, actor, reason):
     return ledger_transaction, True
 
 
-class _PreparedStatement:
-    """A statement PostgreSQL parses and plans once per connection, then only executes.
-
-    PREPARE is not undone by a rollback, so a connection that prepared it keeps it for its life.
-    Connections are told apart by their driver object; a reconnect brings a new one. This needs
-    a session of its own on the server: a pooler in transaction mode (PgBouncer) in between would
-    run the EXECUTE on a server connection that never saw the PREPARE.
-    """
-
-    def __init__(self, name: str, param_types: list[str], sql: str):
-        # The digest names a new statement when the SQL changes under a long-lived connection.
-        self.name = f"{name}_{hashlib.sha256(sql.encode()).hexdigest()[:12]}"
-        self.prepare_sql = f"PREPARE {self.name} ({', '.join(param_types)}) AS {sql}"
-        self.execute_sql = f"EXECUTE {self.name} ({', '.join(['%s'] * len(param_types))})"
-        self._prepared_on: weakref.WeakSet = weakref.WeakSet()
-
-    def fetchall(self, params: list) -> list[tuple]:
-        with connection.cursor() as cursor:
-            driver_connection = connection.connection
-            if driver_connection not in self._prepared_on:
-                cursor.execute(self.prepare_sql)
-                self._prepared_on.add(driver_connection)
-            cursor.execute(self.execute_sql, params)
-            return cursor.fetchall()
-
-
 _ACCOUNTS = LedgerAccount._meta.db_table
 _TRANSACTIONS = LedgerTransaction._meta.db_table
 _ENTRIES = LedgerEntry._meta.db_table
@@ -286,40 +259,43 @@ _SIGNED_KINDS = "{" + ",".join(sorted(LedgerAccount.SIGNED_KINDS)) + "}"
 # snapshot predates that commit, so `existing` cannot see it. The UPDATE rewrites rows this very
 # statement locked; PostgreSQL follows them to their latest version. Table names come from our
 # models and the kinds from our constants; every value is a parameter.
-_POST = _PreparedStatement(
-    "ledger_post",
-    ["text", "text", "text", "bigint", "text", "timestamptz", "bigint[]", "bigint[]"],
-    f"""
+_POST_SQL = f"""
     WITH legs AS (
-        SELECT * FROM unnest($7::bigint[], $8::bigint[]) AS leg (account_id, amount_micro)
+        SELECT *
+          FROM unnest(%(account_ids)s::bigint[], %(amounts)s::bigint[])
+               AS leg (account_id, amount_micro)
     ), locked AS MATERIALIZED (
         SELECT account.id, account.kind, account.balance_micro, account.currency
           FROM {_ACCOUNTS} AS account
-         WHERE account.id = ANY($7)
+         WHERE account.id = ANY(%(account_ids)s::bigint[])
          ORDER BY account.id
            FOR UPDATE
     ), existing AS (
-        SELECT txn.id FROM {_TRANSACTIONS} AS txn WHERE txn.idempotency_key = $3
+        SELECT txn.id
+          FROM {_TRANSACTIONS} AS txn
+         WHERE txn.idempotency_key = %(idempotency_key)s::text
     ), after AS MATERIALIZED (
         SELECT legs.account_id, legs.amount_micro, locked.kind, locked.balance_micro,
                locked.currency, locked.balance_micro + legs.amount_micro AS balance_after_micro
           FROM legs JOIN locked ON locked.id = legs.account_id
     ), allowed AS (
-        SELECT count(*) = cardinality($7)
+        SELECT count(*) = cardinality(%(account_ids)s::bigint[])
                AND count(DISTINCT currency) = 1
                AND bool_and(balance_after_micro >= 0 OR kind = ANY('{_SIGNED_KINDS}'))
                AS is_allowed
           FROM after
     ), txn AS (
         INSERT INTO {_TRANSACTIONS} (kind, reference, idempotency_key, actor_id, reason, created_at)
-        SELECT $1, $2, $3, $4, $5, $6
+        SELECT %(kind)s::text, %(reference)s::text, %(idempotency_key)s::text,
+               %(actor_id)s::bigint, %(reason)s::text, %(created_at)s::timestamptz
          WHERE NOT EXISTS (SELECT FROM existing) AND (SELECT is_allowed FROM allowed)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id
     ), entries AS (
         INSERT INTO {_ENTRIES} (transaction_id, account_id, amount_micro, balance_after_micro,
                                 created_at)
-        SELECT txn.id, after.account_id, after.amount_micro, after.balance_after_micro, $6
+        SELECT txn.id, after.account_id, after.amount_micro, after.balance_after_micro,
+               %(created_at)s::timestamptz
           FROM txn CROSS JOIN after
     ), balances AS (
         UPDATE {_ACCOUNTS} AS account
@@ -330,25 +306,27 @@ _POST = _PreparedStatement(
     SELECT (SELECT id FROM txn), (SELECT id FROM existing),
            after.account_id, after.kind, after.balance_micro, after.currency
       FROM after
-    """,  # noqa: S608
-)
+    """  # noqa: S608
 
 
 def _post_postgres(*, kind, net, reference, idempotency_key, actor, reason):
     created_at = timezone.now()
     account_ids = list(net)
-    rows = _POST.fetchall(
-        [
-            kind,
-            reference,
-            idempotency_key,
-            actor.id if actor is not None else None,
-            reason,
-            created_at,
-            _bigint_array(account_ids),
-            _bigint_array(net[a] for a in account_ids),
-        ]
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _POST_SQL,
+            {
+                "kind": kind,
+                "reference": reference,
+                "idempotency_key": idempotency_key,
+                "actor_id": actor.id if actor is not None else None,
+                "reason": reason,
+                "created_at": created_at,
+                "account_ids": _bigint_array(account_ids),
+                "amounts": _bigint_array(net[a] for a in account_ids),
+            },
+        )
+        rows = cursor.fetchall()
     written_id, existing_id = rows[0][:2] if rows else (None, None)
     if written_id is not None:
         ledger_transaction = LedgerTransaction(

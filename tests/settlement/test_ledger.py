@@ -445,3 +445,30 @@ def test_every_balance_sums_to_zero_after_a_mix_of_postings(buyer, provider, sta
     _adjust(provider.org, staff, -1_000_000, kind=Kind.EARNED, reason="fee correction")
     assert LedgerAccount.objects.aggregate(total=Sum("balance_micro"))["total"] == 0
     assert ledger_check() == []
+
+
+@pytest.mark.postgres
+def test_the_posting_statement_is_prepared_on_the_server_and_stays_right(buyer, provider, fund):
+    """After the connection's prepare threshold, PostgreSQL runs the post from its plan cache."""
+    from django.conf import settings
+    from django.db import connection
+
+    fund(buyer.org.id, 10_000_000)
+    available = org_account(org_id=buyer.org.id, kind=Kind.AVAILABLE)
+    earned = org_account(org_id=provider.org.id, kind=Kind.EARNED)
+    runs = settings.DATABASES["default"]["OPTIONS"]["prepare_threshold"] + 2
+    for index in range(runs):
+        _post(transfer(available, earned, 1_000_000), key=f"prepared-{index}")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%locked AS MATERIALIZED%%'"
+        )
+        assert cursor.fetchone()[0] == 1
+    # The prepared plan refuses an overdraft as the first runs did, and a retry writes nothing.
+    with pytest.raises(InsufficientFunds):
+        _post(transfer(available, earned, 5_000_000), key="prepared-overdraft")
+    again = _post(transfer(available, earned, 1_000_000), key="prepared-0")
+    assert again.idempotency_key == "prepared-0"
+    assert _balance(available) == 10_000_000 - runs * 1_000_000
+    assert ledger_check() == []
