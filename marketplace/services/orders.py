@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.principal import Principal
 from core import locks
-from core.errors import IdempotencyKeyReused
+from core.errors import ApplicationError, IdempotencyKeyReused
 from marketplace.errors import DuplicateClientOrderId, InvalidReduce, OrderNotFound, OrderNotLive
 from marketplace.models import Market, Order, OrderReduction
 from marketplace.services.order_rules import (
@@ -105,14 +105,13 @@ def order_place(
             fingerprint=fingerprint,
         )
     except IntegrityError:
-        # A concurrent twin committed first and this transaction rolled back whole; the unique
-        # constraints say which. Deciding it after the rollback rather than under a savepoint
-        # saves every order two round trips.
+        # A retry, or a concurrent twin that committed first: the insert broke a unique
+        # constraint and the transaction rolled back whole; the constraints say which. Deciding
+        # it after the rollback, rather than looking first or under a savepoint, saves every new
+        # order the round trips.
         org = principal.org
-        if idempotency_key is not None:
-            first = Order.objects.filter(org=org, idempotency_key=idempotency_key).first()
-            if first is not None:
-                return _replay(first, fingerprint)
+        if idempotency_key is not None and (first := _by_key(org.id, idempotency_key)):
+            return _replay(first, fingerprint)
         if client_order_id is not None and (
             Order.objects.filter(org=org, client_order_id=client_order_id).exists()
         ):
@@ -120,6 +119,16 @@ def order_place(
                 fields={"client_order_id": ["Already used by your org."]}
             ) from None
         raise
+    except ApplicationError:
+        # A retry is answered with the first order even where the rules would refuse it now
+        # (the market halted, the band moved, the funds were spent since).
+        if idempotency_key is not None and (first := _by_key(principal.org.id, idempotency_key)):
+            return _replay(first, fingerprint)
+        raise
+
+
+def _by_key(org_id: int, idempotency_key: str) -> Order | None:
+    return Order.objects.filter(org_id=org_id, idempotency_key=idempotency_key).first()
 
 
 @transaction.atomic(durable=True)
@@ -139,13 +148,12 @@ def _order_insert(
     idempotency_key: str | None,
     fingerprint: str,
 ) -> Order:
-    """order_place's transaction: check, insert the order and its hold, queue the match."""
-    org = principal.org
-    if idempotency_key is not None:
-        first = Order.objects.filter(org=org, idempotency_key=idempotency_key).first()
-        if first is not None:
-            return _replay(first, fingerprint)
+    """order_place's transaction: check, insert the order and its hold, queue the match.
 
+    A used idempotency key or client order id is found by the insert's unique constraints, not
+    looked up first: order_place answers those after the rollback.
+    """
+    org = principal.org
     if market is None or market.pk != market_id:
         market = market_for_order(market_id)
     order_check(
@@ -159,10 +167,6 @@ def _order_insert(
         post_only=post_only,
         stp=stp,
     )
-    if client_order_id is not None and (
-        Order.objects.filter(org=org, client_order_id=client_order_id).exists()
-    ):
-        raise DuplicateClientOrderId(fields={"client_order_id": ["Already used by your org."]})
     if side == Side.SELL:
         ask_capacity_check(org_id=org.id, market=market, lots=lots)
     hold_micro = bid_hold_micro(market, side=side, price_micro=price_micro, lots=lots)

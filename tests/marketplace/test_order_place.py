@@ -300,6 +300,36 @@ def test_the_same_idempotency_key_with_another_order_is_refused(funded_buyer, bu
     assert held(funded_buyer.org.id) == BID_10_AT_5_HOLD
 
 
+def test_a_retry_is_answered_with_the_first_order_after_the_market_halted(
+    funded_buyer, buyer_api, market, place
+):
+    headers = {"Idempotency-Key": "order-0001"}
+    first = place(buyer_api, headers=headers)
+    market.status = Market.Status.HALTED
+    market.save(update_fields=["status"])
+
+    again = place(buyer_api, headers=headers)
+    other = place(buyer_api, headers={"Idempotency-Key": "order-0002"})
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] == first.json()["id"]
+    assert (other.status_code, error_code(other)) == (409, "market_halted")
+    assert Order.objects.count() == 1
+    assert held(funded_buyer.org.id) == BID_10_AT_5_HOLD
+
+
+def test_a_used_key_with_an_order_the_rules_refuse_is_still_a_reused_key(
+    funded_buyer, buyer_api, place
+):
+    headers = {"Idempotency-Key": "order-0001"}
+    place(buyer_api, headers=headers)
+
+    response = place(buyer_api, headers=headers, price="500.000000")  # outside the band
+
+    assert (response.status_code, error_code(response)) == (409, "idempotency_key_reused")
+    assert Order.objects.count() == 1
+
+
 def test_an_idempotency_key_is_per_org(funded_buyer, buyer_api, seller_api, place):
     headers = {"Idempotency-Key": "order-0001"}
     mine = place(buyer_api, headers=headers).json()
