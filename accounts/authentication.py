@@ -16,16 +16,18 @@ from rest_framework import authentication, exceptions
 from accounts.keys import key_matches, key_parse
 from accounts.models import ApiKey, Membership, Org, User
 from accounts.principal import Principal
-from core.rows import ModelColumns
+from core.rows import ModelColumns, instances, select_list
 
 # Recording last use on every request would turn each read into a write; once a minute is enough
 # to answer "is this key still in use?".
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
-_KEY_COLUMNS = ModelColumns(ApiKey, "k")
-_ORG_COLUMNS = ModelColumns(Org, "o")
-_USER_COLUMNS = ModelColumns(User, "u")
-_MEMBERSHIP_COLUMNS = ModelColumns(Membership, "m")
+_KEY_PARTS = (
+    ModelColumns(ApiKey, "k"),
+    ModelColumns(Org, "o"),
+    ModelColumns(User, "u"),
+    ModelColumns(Membership, "m"),
+)
 _KEY_LOOKUP_SQL: dict[str, str] = {}  # by database vendor
 
 
@@ -37,10 +39,7 @@ def _key_lookup_sql(connection) -> str:
     sql = _KEY_LOOKUP_SQL.get(connection.vendor)
     if sql is None:
         table = connection.ops.quote_name
-        columns = ", ".join(
-            part.select(connection)
-            for part in (_KEY_COLUMNS, _ORG_COLUMNS, _USER_COLUMNS, _MEMBERSHIP_COLUMNS)
-        )
+        columns = select_list(_KEY_PARTS, connection)
         sql = _KEY_LOOKUP_SQL[connection.vendor] = (
             f"SELECT {columns}"  # noqa: S608 (table names from our models; the prefix is a parameter)
             f" FROM {table(ApiKey._meta.db_table)} AS k"
@@ -108,17 +107,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             row = cursor.fetchone()
         if row is None:
             return None
-        key_end = len(_KEY_COLUMNS)
-        org_end = key_end + len(_ORG_COLUMNS)
-        user_end = org_end + len(_USER_COLUMNS)
-        api_key = _KEY_COLUMNS.instance(row[:key_end], connection)
-        api_key.org = _ORG_COLUMNS.instance(row[key_end:org_end], connection)
-        api_key.created_by = _USER_COLUMNS.instance(row[org_end:user_end], connection)
-        if row[user_end] is None:
-            return api_key, None
-        membership = _MEMBERSHIP_COLUMNS.instance(row[user_end:], connection)
-        membership.org = api_key.org
-        membership.user = api_key.created_by
+        api_key, api_key.org, api_key.created_by, membership = instances(
+            row, _KEY_PARTS, connection
+        )
+        if membership is not None:
+            membership.org, membership.user = api_key.org, api_key.created_by
         return api_key, membership
 
     def authenticate_header(self, request) -> str:

@@ -49,3 +49,22 @@ class ModelColumns:
         return column, connection.ops.get_db_converters(column) + column.get_db_converters(
             connection
         )
+
+
+def select_list(parts: Sequence[ModelColumns], connection) -> str:
+    """The select lists of `parts`, one after the other."""
+    return ", ".join(part.select(connection) for part in parts)
+
+
+def instances(row: Sequence, parts: Sequence[ModelColumns], connection) -> list:
+    """One instance per part from a row of `select_list(parts)`, in order.
+
+    A part whose columns are all NULL (the missing side of a LEFT JOIN) gives None.
+    """
+    found, start = [], 0
+    for part in parts:
+        values = row[start : start + len(part)]
+        start += len(part)
+        is_missing = all(value is None for value in values)
+        found.append(None if is_missing else part.instance(values, connection))
+    return found

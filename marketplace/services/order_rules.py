@@ -17,7 +17,6 @@ from marketplace.errors import (
     LotsBelowMin,
     MarketClosed,
     MarketHalted,
-    MarketNotFound,
     NotABuyer,
     NotASeller,
     NoVerifiedEndpoint,
@@ -26,6 +25,7 @@ from marketplace.errors import (
     PriceOutsideBand,
 )
 from marketplace.models import Market, Order
+from marketplace.selectors.listing import market_get
 from settlement.selectors import entitlement_undelivered_tokens
 
 Side = Order.Side
@@ -36,10 +36,7 @@ Status = Order.Status
 
 
 def market_for_order(market_id: int) -> Market:
-    market = Market.objects.select_related("tier", "region").filter(pk=market_id).first()
-    if market is None:
-        raise MarketNotFound()
-    return market
+    return market_get(market_id=market_id)
 
 
 def tif_or_default(order_type: str, tif: str | None) -> str:
