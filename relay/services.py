@@ -578,6 +578,7 @@ def _record_usage(
             entitlement_id=funding.entitlement_id,
             tokens=outcome.tokens.billable(funding.weights),
             covered_tokens=billable,
+            hour=record.ended_hour,
         )
 
 

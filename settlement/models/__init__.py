@@ -24,8 +24,9 @@ Usage (usage.py)
   unique per (source, source org, request id). At most one primary record per (provider,
   request id) draws down and is charged; the others check it. A primary record's billable
   tokens = entitlement tokens + pay-as-you-go tokens + unfunded tokens.
-- `UsageDraw`: the tokens one primary record drew from one entitlement; an entitlement's
-  tokens_used is at least the sum of its draws (the relay also draws directly).
+- `UsageDraw`: the tokens one primary record drew from one entitlement, with the hour (UTC) its
+  record ended in; an entitlement's tokens_used is at least the sum of its draws (the relay
+  also draws directly).
 - `PaygMeter`: a pair's pay-as-you-go totals and rounding remainder per market, so charges
   round cumulatively.
 

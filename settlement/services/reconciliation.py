@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.apps import apps
 from django.db import transaction
-from django.db.models import Count, F, Max, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -30,7 +30,7 @@ from core import locks
 from core.errors import PermissionDenied, ValidationFailed
 from core.units import BP_PER_UNIT
 from settlement.errors import DiscrepancyNotFound, DiscrepancyResolved
-from settlement.models import Discrepancy, SettlementAudit, UsageRecord, UsageSource
+from settlement.models import Discrepancy, SettlementAudit, UsageDraw, UsageRecord, UsageSource
 
 HOUR = timedelta(hours=1)
 
@@ -102,52 +102,34 @@ def scan_start_for(*, period_start: datetime) -> datetime:
 
 
 def _scan(scan_start: datetime, period_end: datetime):
-    """Each pair-hour's figures by source, and what each entitlement drew in it: one scan.
+    """Each pair-hour's figures by source, and what each entitlement drew in it.
 
-    One GROUP BY over the records in the scan joined (left) to their draws, so the records
-    are read once for both the reconciliation and the payment. A record with one draw, or
-    none, is one joined row and counts its billable tokens there. A record drawn from several
-    entitlements is several rows: it counts its drawn (covered) tokens on each, and the rest of
-    its tokens (pay-as-you-go, unfunded) not at all; `split_records` says so, and the few
-    pair-hours with such records have their figures summed again from the records alone.
-    Returns (figures by pair-hour, tokens drawn by (entitlement, hour)).
+    Two independent aggregates: the records of the scan grouped by pair, hour and source (a
+    record's figure is its billable tokens, however many entitlements it drew from), and their
+    draws grouped by entitlement and hour, found by the hour each draw carries from its
+    record. The scan's bounds are whole hours, so a draw's hour is inside them exactly when
+    its record ended inside them. Returns (figures by pair-hour, tokens drawn by
+    (entitlement, hour)).
     """
-    is_single = Q(draws__isnull=True) | Q(draws__covered_tokens=F("entitlement_tokens"))
     rows = (
         UsageRecord.objects.filter(ended_at__gte=scan_start, ended_at__lt=period_end)
         .annotate(hour=TruncHour("ended_at", tzinfo=UTC))
-        .values(
-            "buyer_org_id",
-            "provider_org_id",
-            "market_id",
-            "hour",
-            "source",
-            "is_primary",
-            "draws__entitlement_id",
-        )
-        .annotate(
-            rows=Count("id"),
-            drawn=Sum("draws__tokens", default=0),
-            whole=Sum("billable_tokens", filter=is_single, default=0),
-            split=Sum("draws__covered_tokens", filter=~is_single, default=0),
-            split_records=Count("id", filter=~is_single),
-        )
+        .values("buyer_org_id", "provider_org_id", "market_id", "hour", "source", "is_primary")
+        .annotate(tokens=Sum("billable_tokens"), records=Count("id"))
         .order_by()
     )
     figures: dict[PairKey, dict] = {}
-    drawn: dict[tuple[int, datetime], int] = {}
-    split: set[PairKey] = set()
     for row in rows:
         key = (row["buyer_org_id"], row["provider_org_id"], row["market_id"], row["hour"])
         totals = figures.setdefault(key, _empty_figures(key))
-        _add(totals, row["source"], row["is_primary"], row["whole"] + row["split"], row["rows"])
-        if row["split_records"]:
-            split.add(key)
-        if row["draws__entitlement_id"] is not None:
-            entitlement_hour = (row["draws__entitlement_id"], row["hour"])
-            drawn[entitlement_hour] = drawn.get(entitlement_hour, 0) + row["drawn"]
-    for key in split:
-        figures[key] = _figures_of(key)
+        _add(totals, row["source"], row["is_primary"], row["tokens"], row["records"])
+    drawn = {
+        (row["entitlement_id"], row["hour"]): row["tokens"]
+        for row in UsageDraw.objects.filter(hour__gte=scan_start, hour__lt=period_end)
+        .values("entitlement_id", "hour")
+        .annotate(tokens=Sum("tokens"))
+        .order_by()
+    }
     return figures, drawn
 
 
@@ -174,26 +156,6 @@ def _add(totals: dict, source: str, is_primary: bool, tokens: int, records: int)
     else:
         totals[f"{source}_tokens"] += tokens
         totals[f"{source}_records"] += records
-
-
-def _figures_of(key: PairKey) -> dict:
-    """One pair-hour's figures from its records alone (the index on pair and time serves it)."""
-    buyer_org_id, provider_org_id, market_id, hour = key
-    totals = _empty_figures(key)
-    for row in (
-        UsageRecord.objects.filter(
-            buyer_org_id=buyer_org_id,
-            provider_org_id=provider_org_id,
-            market_id=market_id,
-            ended_at__gte=hour,
-            ended_at__lt=hour + HOUR,
-        )
-        .values("source", "is_primary")
-        .annotate(tokens=Sum("billable_tokens"), records=Count("id"))
-        .order_by()
-    ):
-        _add(totals, row["source"], row["is_primary"], row["tokens"], row["records"])
-    return totals
 
 
 def _worst_gap(row: dict, market) -> tuple[str, int, bool] | None:

@@ -11,10 +11,10 @@ What a run does, in order:
    discrepancies. The scan reaches back over the reports' grace period, so hours that were
    still pending for earlier runs, and hours staff resolved since, are settled now.
 2. Aggregate what the primary records drew from each entitlement per hour (one GROUP BY over
-   usage draws joined to their records) and subtract what earlier runs paid or waived of the
-   same entitlement-hour (SettledUsage). Of the rest, draws in clear hours are paid in full;
-   in resolved hours up to the resolved figure (the tokens below it are waived); in held or
-   pending hours nothing.
+   usage draws, which carry their records' hour) and subtract what earlier runs paid or waived
+   of the same entitlement-hour (SettledUsage). Of the rest, draws in clear hours are paid in
+   full; in resolved hours up to the resolved figure (the tokens below it are waived); in held
+   or pending hours nothing.
 3. Deliver, per entitlement, by cumulative rounding: charged = floor(paid tokens x price /
    10^6); the increment moves `buyer.escrow -> provider.earned`, less the provider's fee
    (fee so far = floor(charged x fee bp / 10,000), the increment to the platform's `fees`).
@@ -38,11 +38,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F, Q, Sum
-from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from accounts.models import User
@@ -69,7 +68,6 @@ from settlement.services.ledger import Posting, platform_account
 from settlement.services.reconciliation import (
     CLEAR,
     HELD,
-    HOUR,
     PENDING,
     RESOLVED,
     PairHour,
@@ -239,18 +237,8 @@ def _drawn(rec: Reconciliation) -> dict[tuple[int, datetime], int]:
     older = [*rec.resolved_before_scan, *rec.held_before_scan]
     if not older:
         return drawn
-    where = Q()
-    for pair_hour in older:
-        where |= Q(
-            usage_record__buyer_org_id=pair_hour.buyer_org_id,
-            usage_record__provider_org_id=pair_hour.provider_org_id,
-            usage_record__market_id=pair_hour.market_id,
-            usage_record__ended_at__gte=pair_hour.hour,
-            usage_record__ended_at__lt=pair_hour.hour + HOUR,
-        )
     rows = (
-        UsageDraw.objects.filter(where)
-        .annotate(hour=TruncHour("usage_record__ended_at", tzinfo=UTC))
+        UsageDraw.objects.filter(_draws_in(older))
         .values("entitlement_id", "hour")
         .annotate(tokens=Sum("tokens"))
         .order_by()
@@ -258,6 +246,19 @@ def _drawn(rec: Reconciliation) -> dict[tuple[int, datetime], int]:
     for row in rows:
         drawn[(row["entitlement_id"], row["hour"])] = row["tokens"]
     return drawn
+
+
+def _draws_in(pair_hours: list[PairHour]) -> Q:
+    """The draws of the records of `pair_hours`: by the draw's hour and its record's pair."""
+    where = Q()
+    for pair_hour in pair_hours:
+        where |= Q(
+            hour=pair_hour.hour,
+            usage_record__buyer_org_id=pair_hour.buyer_org_id,
+            usage_record__provider_org_id=pair_hour.provider_org_id,
+            usage_record__market_id=pair_hour.market_id,
+        )
+    return where
 
 
 def _settled(entitlement_ids: Iterable[int]) -> dict[int, dict[datetime, tuple[int, int]]]:
@@ -352,17 +353,8 @@ def _drawdown_order(entitlement: Entitlement) -> tuple:
 
 def _held_entitlements(held: list[PairHour], candidate_ids: set[int]) -> set[int]:
     """Of the entitlements about to close, those with draws in hours still held."""
-    where = Q()
-    for pair_hour in held:
-        where |= Q(
-            usage_record__buyer_org_id=pair_hour.buyer_org_id,
-            usage_record__provider_org_id=pair_hour.provider_org_id,
-            usage_record__market_id=pair_hour.market_id,
-            usage_record__ended_at__gte=pair_hour.hour,
-            usage_record__ended_at__lt=pair_hour.hour + HOUR,
-        )
     return set(
-        UsageDraw.objects.filter(where, entitlement_id__in=sorted(candidate_ids))
+        UsageDraw.objects.filter(_draws_in(held), entitlement_id__in=sorted(candidate_ids))
         .values_list("entitlement_id", flat=True)
         .distinct()
     )

@@ -828,6 +828,7 @@ def _draws_book(draws: list[tuple]) -> None:
             "entitlement_id": [entitlement.id for _, entitlement, _, _ in draws],
             "tokens": [tokens for _, _, tokens, _ in draws],
             "covered_tokens": [covered for _, _, _, covered in draws],
+            "hour": [record.ended_hour for record, _, _, _ in draws],
         },
     )
 

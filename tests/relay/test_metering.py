@@ -55,6 +55,8 @@ def test_the_providers_report_of_a_relayed_request_checks_it_and_the_run_pays_th
         entitlement.id,
         billable,
     )
+    # The hour settlement pays the draw in: the one its record ended in.
+    assert draw.hour == record.ended_at.replace(minute=0, second=0, microsecond=0)
 
     # The provider saw the relay's request id and reports the same request.
     (result,) = usage_ingest(

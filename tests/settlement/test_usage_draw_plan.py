@@ -1,7 +1,11 @@
 """Ingestion draws new records down before it writes them, and meters again when that read aged."""
 
+from datetime import UTC, timedelta
+from datetime import timezone as fixed_offset
+
 import pytest
 from django.db.models import F
+from django.utils import timezone
 
 from settlement.models import Entitlement, UsageDraw, UsageRecord
 from settlement.services import ledger_check, usage_ingest
@@ -21,6 +25,14 @@ pytestmark = pytest.mark.django_db
 
 def _stored(result) -> UsageRecord:
     return UsageRecord.objects.get(pk=result.record.id)
+
+
+def _utc_hour(moment):
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+# Half an hour off UTC, so truncating the local time instead would name another instant.
+INDIA = fixed_offset(timedelta(hours=5, minutes=30))
 
 
 def test_a_record_covered_by_entitlements_is_stored_metered(seller, buyer, market, buy):
@@ -91,3 +103,41 @@ def test_a_batch_past_the_entitlements_is_metered_after_the_insert(seller, buyer
     assert _stored(big).entitlement_tokens + _stored(small).entitlement_tokens == 2_000_000
     assert _stored(small).payg_tokens + _stored(small).unfunded_tokens == 1_000
     assert ledger_check() == []
+
+
+def test_each_draw_carries_the_utc_hour_its_record_ended_in(seller, buyer, market, buy):
+    now = timezone.now()
+    buy(created_at=now - timedelta(hours=3))
+    earlier = (now - timedelta(hours=1)).astimezone(INDIA)
+
+    last_hour, this_hour = usage_ingest(
+        principal=seller,
+        records=[
+            usage(market, buyer.org, started_at=earlier - timedelta(seconds=2), ended_at=earlier),
+            usage(market, buyer.org, ended_at=now.astimezone(INDIA)),
+        ],
+    )
+
+    assert dict(UsageDraw.objects.values_list("usage_record_id", "hour")) == {
+        last_hour.record.id: _utc_hour(earlier),
+        this_hour.record.id: _utc_hour(now),
+    }
+
+
+def test_a_record_metered_again_draws_in_the_hour_it_ended_in(
+    seller, buyer, market, buy, monkeypatch
+):
+    entitlement = buy()
+    read_then_drawn = usage_services._draw_plan
+
+    def drawn_meanwhile(records):
+        plan = read_then_drawn(records)
+        Entitlement.objects.filter(pk=entitlement.pk).update(tokens_used=F("tokens_bought") - 1_000)
+        return plan
+
+    monkeypatch.setattr(usage_services, "_draw_plan", drawn_meanwhile)
+    ended_at = timezone.now().astimezone(INDIA)
+
+    [result] = usage_ingest(principal=seller, records=[usage(market, buyer.org, ended_at=ended_at)])
+
+    assert UsageDraw.objects.get(usage_record_id=result.record.id).hour == _utc_hour(ended_at)
