@@ -483,7 +483,12 @@ def _drafts(rows: list[tuple], fixed: dict[str, object]) -> list[UsageRecord]:
 
 
 def _metered_elsewhere(*, provider_org_id: int, request_ids: list[str]) -> set[str]:
-    """The request ids the provider's requests already have a primary record of (the relay's)."""
+    """The request ids the provider's requests already have a primary record of (the relay's).
+
+    The relay is the only primary meter besides the provider (a buyer's record never is), so
+    the lookup names it: PostgreSQL then probes usage_unique_relay_request, which holds the
+    relay's records alone, instead of every primary record of the provider.
+    """
     if connection.vendor == "postgresql":
         # One array parameter: an IN list of a thousand values cost more to build and plan
         # than the lookup itself.
@@ -491,17 +496,18 @@ def _metered_elsewhere(*, provider_org_id: int, request_ids: list[str]) -> set[s
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT request_id FROM {connection.ops.quote_name(table)} "  # noqa: S608
-                "WHERE is_primary AND provider_org_id = %s AND source <> %s "
-                "AND request_id = ANY(%s::varchar[])",
-                [provider_org_id, UsageSource.PROVIDER, text_array(request_ids)],
+                "WHERE source = %s AND request_id = ANY(%s::varchar[]) "
+                "AND is_primary AND provider_org_id = %s",
+                [UsageSource.RELAY, text_array(request_ids), provider_org_id],
             )
             return {request_id for (request_id,) in cursor.fetchall()}
     return set(
         UsageRecord.objects.filter(
-            is_primary=True, provider_org_id=provider_org_id, request_id__in=request_ids
-        )
-        .exclude(source=UsageSource.PROVIDER)
-        .values_list("request_id", flat=True)
+            source=UsageSource.RELAY,
+            is_primary=True,
+            provider_org_id=provider_org_id,
+            request_id__in=request_ids,
+        ).values_list("request_id", flat=True)
     )
 
 
