@@ -8,7 +8,9 @@ transaction (available to held). The setup writes them in bulk and is not timed.
 order states, the trades, one entitlement per trade and the ledger moves (held to escrow and
 fees, what is left of finished bids back to available) in its batched transactions. pgbench's
 TPC-B (`-c 8 -j 2`, scale 10) runs on the same server before and after; the reference is their
-mean. Target: at least 3x. `ledger_check` runs afterwards and must be clean.
+mean. Target: at least 3x. `ledger_check` runs afterwards and must be clean. The CPU an order
+cost is printed for the engine's process and for its database backend (when the server runs on
+this machine): the two take turns, so together they bound the figure on a quiet machine.
 
     python -m benchmarks.engine [--orders 30000] [--buyers 40] [--sellers 10] [--seed 7]
                                 [--batch-size N] [--seconds 20]
@@ -23,7 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.reference import Pgbench, django_setup, print_result, scratch_database
+from benchmarks.reference import (
+    Pgbench,
+    _backend_pid,
+    _process_cpu_s,
+    django_setup,
+    print_result,
+    scratch_database,
+)
 
 TARGET_RATIO = 3.0
 FUNDING_MICRO = 10**12
@@ -184,6 +193,14 @@ def _outcome(market_id: int) -> dict:
     }
 
 
+def _cpu_per_order(client_cpu_s: float, server_cpu_s: float | None, orders: int) -> str:
+    """The CPU an order cost as "client / database" microseconds (n/a: a server elsewhere)."""
+    if not orders:
+        return "n/a"
+    server = "n/a" if server_cpu_s is None else f"{1e6 * server_cpu_s / orders:,.0f}"
+    return f"{1e6 * client_cpu_s / orders:,.0f} / {server} us"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=30_000, help="pending orders to match")
@@ -217,6 +234,7 @@ def main() -> None:
             cursor.execute("VACUUM ANALYZE")  # the setup's bulk load, as autovacuum would
         batch_size = args.batch_size or settings.MATCH_BATCH_SIZE
 
+        backend_pid = _backend_pid()
         before = pgbench.tps(clients=8, jobs=2, seconds=args.seconds)
         profiler = None
         if args.profile:
@@ -224,9 +242,13 @@ def main() -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
+        server_cpu_before = _process_cpu_s(backend_pid) if backend_pid else None
+        client_cpu_before = time.process_time()
         started = time.perf_counter()
         processed = market_match(market_id=market.id, batch_size=batch_size)
         elapsed = time.perf_counter() - started
+        client_cpu_s = time.process_time() - client_cpu_before
+        server_cpu_s = _process_cpu_s(backend_pid) - server_cpu_before if backend_pid else None
         if profiler is not None:
             profiler.disable()
         after = pgbench.tps(clients=8, jobs=2, seconds=args.seconds)
@@ -251,6 +273,10 @@ def main() -> None:
             ("pgbench before / after", f"{before:,.0f} / {after:,.0f}"),
             ("orders matched / seconds", f"{processed:,} / {elapsed:.2f}"),
             ("orders per batch", f"{batch_size:,}"),
+            (
+                "CPU per order, client / database",
+                _cpu_per_order(client_cpu_s, server_cpu_s, processed),
+            ),
             (
                 "filled / open / expired / pending",
                 "{} / {} / {} / {}".format(

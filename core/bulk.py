@@ -137,7 +137,7 @@ def rows_update(
     constant_names = list(constants)
     sql = _update_sql(model, tuple(names), tuple(constant_names))
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*(constants[name] for name in constant_names), *arrays])
+        cursor.execute(sql, [*(constants[name] for name in constant_names), *arrays, arrays[0]])
 
 
 def int_array(values) -> str:
@@ -180,8 +180,11 @@ def _with_defaults(model, columns, constants) -> dict:
     return full
 
 
+@cache
 def _db_type(model, name: str) -> str:
-    # Without the length: varchar(10)[] would cut values short instead of refusing them.
+    # Without the length: varchar(10)[] would cut values short instead of refusing them. Cached
+    # like the statements below (one database vendor a process): the engine asks for some fifty
+    # columns a batch, and the field's type is formatted anew each time.
     return model._meta.get_field(name).db_type(connection).split("(")[0]
 
 
@@ -216,6 +219,11 @@ def text_array(values: Sequence[str]) -> str:
     Bound as one string and cast (`%s::varchar[]`), it costs one parameter, where the driver
     would adapt a list element by element.
     """
+    every_value = "".join(values)
+    if "\\" not in every_value and '"' not in every_value:
+        # Nothing to escape (references and keys such as "trade:42" never hold either): two
+        # joins at C speed instead of two replaces per value.
+        return '{"' + '","'.join(values) + '"}' if values else "{}"
     return (
         "{"
         + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values)
@@ -227,9 +235,10 @@ def _arrays(model, columns: Mapping[str, Sequence]) -> tuple[list[str], list]:
     names, arrays = [], []
     for name, values in columns.items():
         names.append(name)
-        if _db_type(model, name) in _INTEGER_TYPES:
+        db_type = _db_type(model, name)
+        if db_type in _INTEGER_TYPES:
             arrays.append(int_array(values))
-        elif _db_type(model, name) in _TEXT_TYPES and set(map(type, values)) <= _STR_ONLY:
+        elif db_type in _TEXT_TYPES and set(map(type, values)) <= _STR_ONLY:
             # The driver adapts a list of strings one element at a time, in Python.
             arrays.append(text_array(values))
         else:
@@ -274,7 +283,13 @@ def _update_sql(model, names: tuple, constant_names: tuple) -> str:
     ]
     unnest = ", ".join(f"%s::{_db_type(model, name)}[]" for name in names)
     aliases = ", ".join(f"c{i}" for i in range(len(names)))
+    key = _column(model, names[0])
+    # The keys a second time, as `= ANY`: joined to unnest alone, the planner may hash the whole
+    # table rather than look up a thousand keys in its index (at the default random_page_cost it
+    # did, for the engine's orders and holds); the array condition is an index scan whatever the
+    # table's size and the cost settings.
     return (
         f"UPDATE {quote(model._meta.db_table)} AS t SET {', '.join(assignments)} "  # noqa: S608
-        f"FROM unnest({unnest}) AS v({aliases}) WHERE t.{_column(model, names[0])} = v.c0"
+        f"FROM unnest({unnest}) AS v({aliases}) WHERE t.{key} = v.c0"
+        f" AND t.{key} = ANY(%s::{_db_type(model, names[0])}[])"
     )
