@@ -46,15 +46,29 @@ class UsageRecord(models.Model):
     )
     request_id = models.CharField(max_length=128)
     batch_id = models.UUIDField(help_text="The ingestion call that wrote this record.")
+    # These three references, and a draw's entitlement, are checked by triggers once per
+    # statement rather than by foreign keys once per row (migration 0015 says why and how):
+    # hence db_constraint=False.
     market = models.ForeignKey(
-        "marketplace.Market", on_delete=models.PROTECT, related_name="usage_records"
+        "marketplace.Market",
+        on_delete=models.PROTECT,
+        related_name="usage_records",
+        db_constraint=False,
     )
     # Looked up through usage_pair_time and usage_provider_recent, which lead with them.
     buyer_org = models.ForeignKey(
-        "accounts.Org", on_delete=models.PROTECT, related_name="usage_bought", db_index=False
+        "accounts.Org",
+        on_delete=models.PROTECT,
+        related_name="usage_bought",
+        db_index=False,
+        db_constraint=False,
     )
     provider_org = models.ForeignKey(
-        "accounts.Org", on_delete=models.PROTECT, related_name="usage_served", db_index=False
+        "accounts.Org",
+        on_delete=models.PROTECT,
+        related_name="usage_served",
+        db_index=False,
+        db_constraint=False,
     )
     model = models.CharField(max_length=120)
     input_tokens = models.BigIntegerField()
@@ -197,6 +211,7 @@ class UsageDraw(models.Model):
         on_delete=models.PROTECT,
         related_name="usage_draws",
         db_index=False,
+        db_constraint=False,
     )
     tokens = models.BigIntegerField()
     covered_tokens = models.BigIntegerField()
