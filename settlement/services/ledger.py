@@ -21,12 +21,9 @@ ORM path; the tests run on both.
 `ledger_post_durable` is the same post for a movement with nothing else to commit beside it
 (a staff adjustment, a transfer): it is its own transaction, on PostgreSQL the one statement
 in autocommit, so one round trip.
-
-`ledger_post_many` writes thousands of new transactions at once, given column by column, for
-the matching engine's batches: same rules, no objects per posting, a few statements in all.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import connection, transaction
@@ -34,7 +31,6 @@ from django.utils import timezone
 
 from accounts.models import Org, User
 from core import locks
-from core.bulk import rows_insert, rows_update
 from core.errors import InsufficientFunds, PermissionDenied, ValidationFailed
 from settlement.errors import AdjustmentNotAllowed, UnbalancedTransaction
 from settlement.models import LedgerAccount, LedgerEntry, LedgerTransaction
@@ -369,119 +365,6 @@ def _bigint_array(values: Iterable[int]) -> str:
 
 def _by_key(idempotency_key: str) -> LedgerTransaction | None:
     return LedgerTransaction.objects.filter(idempotency_key=idempotency_key).first()
-
-
-def ledger_post_many(
-    *,
-    kinds: Sequence[str],
-    references: Sequence[str],
-    idempotency_keys: Sequence[str],
-    leg_transactions: Sequence[int],
-    leg_accounts: Sequence[int],
-    leg_amounts: Sequence[int],
-) -> list[int]:
-    """Write many new balanced transactions; returns their ids, in order. Inside the caller's txn.
-
-    Transaction i is `kinds[i]`, `references[i]`, `idempotency_keys[i]`; its entries are the legs
-    whose `leg_transactions` value is i, written as given (one entry per leg, none netted). Legs
-    come grouped by transaction, in transaction order, so each entry's running balance follows
-    the order of the ids. The rules are `ledger_post`'s: every transaction sums to zero across
-    two accounts or more, within one currency; amounts are ints and never zero; the accounts are
-    locked in ascending id order and no account that must stay non-negative goes below zero at
-    any entry. Everything is checked before anything is written.
-
-    Every key must be new. A used one makes the insert fail on the key's unique index, and with
-    it the caller's whole transaction: this is for writers whose keys name rows they have just
-    created (the engine's trades, whose ids are new in the same transaction), where a used key
-    is a fault, never a retry, so the keys are not looked up first. A writer that may retry a
-    posting uses `ledger_post`, or `ledger_post_batch`, which skips the keys already used.
-    """
-    if not connection.in_atomic_block:
-        raise RuntimeError("ledger_post_many must run inside the caller's transaction")
-    count = len(references)
-    if not len(kinds) == len(idempotency_keys) == count:
-        raise ValueError("kinds, references and keys need one value per transaction")
-    if not len(leg_accounts) == len(leg_amounts) == len(leg_transactions):
-        raise ValueError("every leg needs a transaction, an account and an amount")
-    if count == 0:
-        return []
-    # Exactly int, checked over whole columns at C speed: money is never a float, a Decimal or a
-    # bool (which is an int too).
-    if not set(map(type, leg_amounts)) | set(map(type, leg_accounts)) <= _INT_ONLY:
-        raise TypeError("a leg's account and amount are ints")
-    if 0 in leg_amounts:
-        raise UnbalancedTransaction("a ledger entry moves money: no leg of zero")
-    sums = [0] * count
-    first_accounts: list[int | None] = [None] * count
-    spans_two_accounts = [False] * count
-    previous = 0
-    for index, account_id, amount in zip(leg_transactions, leg_accounts, leg_amounts, strict=True):
-        if index < previous:
-            raise ValueError("legs come grouped by transaction, in transaction order")
-        previous = index
-        sums[index] += amount
-        first = first_accounts[index]
-        if first is None:
-            first_accounts[index] = account_id
-        elif first != account_id:
-            spans_two_accounts[index] = True
-    if any(sums) or not all(spans_two_accounts):
-        index = next(i for i in range(count) if sums[i] or not spans_two_accounts[i])
-        raise UnbalancedTransaction(
-            f"{references[index]}: postings sum to {sums[index]} and must sum to zero "
-            "across at least two accounts"
-        )
-
-    accounts = locks.ledger_accounts_for_update(leg_accounts)
-    if len(accounts) != len(set(leg_accounts)):
-        raise ValueError(f"unknown ledger accounts: {sorted(set(leg_accounts) - set(accounts))}")
-    if len({account.currency for account in accounts.values()}) > 1:
-        currencies: dict[int, set[str]] = {}
-        for index, account_id in zip(leg_transactions, leg_accounts, strict=True):
-            currencies.setdefault(index, set()).add(accounts[account_id].currency)
-        for index, found in currencies.items():
-            if len(found) > 1:
-                raise UnbalancedTransaction(
-                    f"{references[index]}: a transaction stays in one currency"
-                )
-    balances = {account_id: account.balance_micro for account_id, account in accounts.items()}
-    may_go_negative = {a for a, account in accounts.items() if account.may_go_negative}
-    balances_after = []
-    for index, account_id, amount in zip(leg_transactions, leg_accounts, leg_amounts, strict=True):
-        balance = balances[account_id] + amount
-        if balance < 0 and account_id not in may_go_negative:
-            account = accounts[account_id]
-            raise InsufficientFunds(
-                f"{references[index]}: {account} would go to {balance}", account_kind=account.kind
-            )
-        balances[account_id] = balance
-        balances_after.append(balance)
-
-    now = timezone.now()
-    transaction_ids = rows_insert(
-        LedgerTransaction,
-        columns={"kind": kinds, "reference": references, "idempotency_key": idempotency_keys},
-        constants={"reason": "", "actor_id": None, "created_at": now},
-        returning_ids=True,
-    )
-    rows_insert(
-        LedgerEntry,
-        columns={
-            "transaction_id": [transaction_ids[index] for index in leg_transactions],
-            "account_id": leg_accounts,
-            "amount_micro": leg_amounts,
-            "balance_after_micro": balances_after,
-        },
-        constants={"created_at": now},
-    )
-    changed = sorted(accounts)
-    rows_update(
-        LedgerAccount, ids=changed, columns={"balance_micro": [balances[a] for a in changed]}
-    )
-    return transaction_ids
-
-
-_INT_ONLY = frozenset({int})
 
 
 ADJUSTABLE_KINDS = frozenset({Kind.AVAILABLE, Kind.EARNED})

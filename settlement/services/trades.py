@@ -26,8 +26,8 @@ from django.utils import timezone
 from core.bulk import rows_insert, rows_update, text_array
 from settlement.errors import HoldExceeded, HoldNotFound
 from settlement.models import Entitlement, Hold, LedgerAccount, LedgerTransaction
-from settlement.services.batch import org_accounts_bulk
-from settlement.services.ledger import ledger_post_many, platform_account
+from settlement.services.batch import ledger_post_many, org_accounts_bulk
+from settlement.services.ledger import platform_account
 
 Kind = LedgerAccount.Kind
 

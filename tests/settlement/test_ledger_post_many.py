@@ -7,7 +7,7 @@ from core.errors import InsufficientFunds
 from settlement.errors import UnbalancedTransaction
 from settlement.models import LedgerAccount, LedgerEntry, LedgerTransaction
 from settlement.services import org_account, platform_account
-from settlement.services.ledger import ledger_post_many
+from settlement.services.batch import ledger_post_many
 
 Kind = LedgerAccount.Kind
 TRADE = LedgerTransaction.Kind.TRADE.value
