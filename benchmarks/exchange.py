@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -257,3 +258,38 @@ def cpu_per_unit(run: dict, units: int) -> str:
     return " / ".join(
         per_unit(run[key]) for key in ("client_cpu_s", "gunicorn_cpu_s", "database_cpu_s")
     )
+
+
+_profiler = None
+_profiler_lock = threading.Lock()
+
+
+def profiled_application(environ, start_response):
+    """The WSGI application under cProfile, one request at a time (`--profile`).
+
+    Each request is profiled in the thread that serves it, and the stats so far are written to
+    the file named by BENCH_PROFILE_PATH after each one, so they survive the worker's stop.
+    """
+    import cProfile
+
+    from config.wsgi import application
+
+    global _profiler
+    with _profiler_lock:
+        if _profiler is None:
+            _profiler = cProfile.Profile()
+        _profiler.enable()
+        try:
+            body = list(application(environ, start_response))
+        finally:
+            _profiler.disable()
+        _profiler.dump_stats(os.environ["BENCH_PROFILE_PATH"])
+    return body
+
+
+def print_profile(path: Path, *, lines: int = 35) -> None:
+    import pstats
+
+    print(f"== profile of one gunicorn worker (cumulative), from {path.name}")
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(lines)
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(lines)

@@ -44,6 +44,7 @@ from benchmarks.exchange import (
     bench_provider,
     cpu_per_unit,
     free_port,
+    print_profile,
     quantile_ms,
     run_http_clients,
     start_gunicorn,
@@ -192,7 +193,14 @@ def main() -> None:
     parser.add_argument(
         "--pgbench-seconds", type=int, default=None, help="each pgbench run (default: --seconds)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="serve from 1 worker of 1 thread under cProfile and print where its time goes",
+    )
     args = parser.parse_args()
+    if args.profile:
+        args.workers = args.threads = 1
     pgbench_seconds = args.pgbench_seconds or max(1, round(args.seconds))
 
     var_dir = Path(tempfile.mkdtemp(prefix="tx-bench-intake-"))
@@ -210,10 +218,22 @@ def main() -> None:
             symbol, reference_micro, tick_micro, keys = _prepare(args.clients)
             connections.close_all()
             env = {**os.environ, "DATABASE_URL": url, "DEBUG": "false"}
+            profile_path = var_dir / "worker.prof"
+            if args.profile:
+                env["BENCH_PROFILE_PATH"] = str(profile_path)
             port = free_port()
             log_path = var_dir / "gunicorn.log"
             gunicorn = start_gunicorn(
-                port, env, workers=args.workers, threads=args.threads, log_path=log_path
+                port,
+                env,
+                workers=args.workers,
+                threads=args.threads,
+                log_path=log_path,
+                application=(
+                    "benchmarks.exchange:profiled_application"
+                    if args.profile
+                    else "config.wsgi:application"
+                ),
             )
             market = {
                 "symbol": symbol,
@@ -234,6 +254,8 @@ def main() -> None:
             server_log = log_path.read_text().strip() if log_path.exists() else ""
             outcome = _outcome()
             connections.close_all()
+            if args.profile and profile_path.exists():
+                print_profile(profile_path)
     except BaseException:
         log_path = var_dir / "gunicorn.log"
         if log_path.exists():

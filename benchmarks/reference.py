@@ -43,8 +43,13 @@ def database_url(name: str, base_url: str | None = None) -> str:
 
 @contextmanager
 def scratch_database(name: str, base_url: str | None = None) -> Iterator[str]:
-    """Create an empty database `name` on the server, yield its URL, drop it afterwards."""
+    """Create an empty database `name`_<pid> on the server, yield its URL, drop it afterwards.
+
+    The process id keeps two scripts run at once (while developing) from dropping each other's
+    databases; their figures still measure each other.
+    """
     admin_url = base_url or server_url()
+    name = f"{name}_{os.getpid()}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -43,6 +43,7 @@ from benchmarks.exchange import (
     bench_provider,
     cpu_per_unit,
     free_port,
+    print_profile,
     quantile_ms,
     run_http_clients,
     start_gunicorn,
@@ -56,41 +57,6 @@ PRICE_MICRO = 5_000_000
 WARM_UP_BATCHES = 3  # per client, before the clock: connections, caches, first queries
 # 1,000 input and 100 output tokens: 1,600 billable tokens a record at the market's weights.
 INPUT_TOKENS, OUTPUT_TOKENS = 1_000, 100
-
-
-_profiler = None
-_profiler_lock = threading.Lock()
-
-
-def profiled_application(environ, start_response):
-    """The WSGI application under cProfile, one request at a time (`--profile`).
-
-    Each request is profiled in the thread that serves it, and the stats so far are written to
-    the file named by BENCH_PROFILE_PATH after each one, so they survive the worker's stop.
-    """
-    import cProfile
-
-    from config.wsgi import application
-
-    global _profiler
-    with _profiler_lock:
-        if _profiler is None:
-            _profiler = cProfile.Profile()
-        _profiler.enable()
-        try:
-            body = list(application(environ, start_response))
-        finally:
-            _profiler.disable()
-        _profiler.dump_stats(os.environ["BENCH_PROFILE_PATH"])
-    return body
-
-
-def _print_profile(path: Path, *, lines: int = 35) -> None:
-    import pstats
-
-    print(f"== profile of one gunicorn worker (cumulative), from {path.name}")
-    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(lines)
-    pstats.Stats(str(path)).sort_stats("tottime").print_stats(lines)
 
 
 def _prepare(clients: int, lots_per_buyer: int) -> tuple[str, list[tuple[str, str]]]:
@@ -305,7 +271,7 @@ def main() -> None:
                 threads=args.threads,
                 log_path=log_path,
                 application=(
-                    "benchmarks.usage_ingest:profiled_application"
+                    "benchmarks.exchange:profiled_application"
                     if args.profile
                     else "config.wsgi:application"
                 ),
@@ -327,7 +293,7 @@ def main() -> None:
             outcome = _outcome()
             connections.close_all()
             if args.profile and profile_path.exists():
-                _print_profile(profile_path)
+                print_profile(profile_path)
     except BaseException:
         log_path = var_dir / "gunicorn.log"
         if log_path.exists():
