@@ -188,3 +188,14 @@ def test_the_flush_books_queued_captures_in_one_statement(
     earned = account_balance(org_id=seller.org.id, kind=Kind.EARNED)
     assert 0 < earned <= sum(costs)
     assert ledger_check() == []
+
+
+def test_the_statements_fit_the_drivers_parse_cache():
+    # psycopg caches its parse of a statement's placeholders only for texts up to this length;
+    # a longer one is parsed again on every request (it was, when a column pushed the settle
+    # statement 5 characters past it).
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    *_, settle = fast_path._settle_statement()
+    for statement in (fast_path._ADMIT, settle, captures._FLUSH):
+        assert len(statement) <= MAX_CACHED_STATEMENT_LENGTH
