@@ -36,6 +36,7 @@ up to 4,096 characters; past it, every execution parses the whole text again. Bo
 stay under it (a test checks): they are minified, and the inserts name no columns (below).
 """
 
+import functools
 from dataclasses import dataclass
 
 import orjson
@@ -203,6 +204,16 @@ def _fields(model) -> list:
     return [field for field in model._meta.concrete_fields if not field.primary_key]
 
 
+@functools.cache
+def _preparer():
+    """A database wrapper, never connected, whose operations prepare values for its backend.
+
+    `connections["default"]` would build a new wrapper for every request: the event loop runs
+    each request in its own context, and Django keeps a connection per context.
+    """
+    return connections.create_connection("default")
+
+
 def _row_json(fields, instance) -> str:
     """The row of `instance` as a JSON object by column, each value prepared by its field.
 
@@ -211,7 +222,7 @@ def _row_json(fields, instance) -> str:
     a row of any width. orjson writes datetimes with their microseconds and offset, and UUIDs
     as text.
     """
-    connection = connections["default"]
+    connection = _preparer()
     return orjson.dumps(
         {
             field.column: field.get_db_prep_save(field.pre_save(instance, True), connection)
