@@ -12,6 +12,7 @@ from relay.errors import ModelNotFound, RegionRequired
 from relay.health import Health, health_for
 from relay.pricing import Weights
 from settlement.models import Entitlement
+from settlement.selectors import reference_price_get
 
 
 @dataclass
@@ -55,12 +56,14 @@ def market_weights(market: Market) -> Weights:
 @dataclass(frozen=True)
 class Route:
     """What every buyer's request for a model in a region shares: the market, the endpoints
-    serving the model there, the providers' best asks and the endpoints' health."""
+    serving the model there, the providers' best asks, the endpoints' health, and the market's
+    pay-as-you-go reference price (settlement's rule: recent VWAP, else best ask, else list)."""
 
     market: Market
     endpoints: list[ProviderEndpoint]
     best_ask: dict[int, int]
     health: dict[int, Health]
+    payg_price_micro: int
 
 
 _MISSING = object()
@@ -140,7 +143,13 @@ def _route(model: str, region_code: str | None) -> Route:
         .values_list("org_id", "best")
     )
     health = health_for([endpoint.id for endpoint in endpoints]) if endpoints else {}
-    return Route(market=market, endpoints=endpoints, best_ask=best_ask, health=health)
+    return Route(
+        market=market,
+        endpoints=endpoints,
+        best_ask=best_ask,
+        health=health,
+        payg_price_micro=reference_price_get(market=market).price_micro,
+    )
 
 
 def candidate_list(*, buyer_org_id: int, route: Route) -> list[Candidate]:

@@ -77,7 +77,7 @@ class Admission:
     org_id: int
     api_key_id: int
     market_id: int
-    reference_price_micro: int
+    reference_price_micro: int  # pay-as-you-go, by settlement's rule (Route.payg_price_micro)
     market_weights: Weights
     maker_fee_bp: int
     model: str
@@ -212,7 +212,7 @@ def admission_new(
         org_id=principal.org.id,
         api_key_id=principal.api_key.id,
         market_id=market.id,
-        reference_price_micro=market.reference_price_micro,
+        reference_price_micro=route.payg_price_micro,
         market_weights=market_weights(market),
         maker_fee_bp=market.maker_fee_bp,
         model=body["model"],

@@ -7,6 +7,8 @@ import openai
 import pytest
 from django.utils import timezone
 
+from accounts.models import Role
+from accounts.principal import Principal
 from marketplace.services import order_place
 from relay.captures import relay_captures_flush
 from relay.health import health_flush
@@ -15,6 +17,7 @@ from relay.services import relay_caches_clear
 from settlement.models import LedgerAccount
 from settlement.selectors import account_balance
 from settlement.services import ledger_check
+from tests.accounts.factories import MembershipFactory
 from tests.relay.conftest import MODEL
 
 Kind = LedgerAccount.Kind
@@ -103,7 +106,8 @@ def test_a_5xx_falls_back_and_charges_once(buyer, sellers, market, fund, relay_k
     assert (broken.fake.requests, working.fake.requests) == (1, 1)
     record = RelayRequest.objects.get()
     assert (record.attempts, record.endpoint_id) == (2, working.endpoint.id)
-    cost = (answer.usage.prompt_tokens + answer.usage.completion_tokens * 6) * 5
+    # Pay-as-you-go at the reference price: no trades yet, so the best ask, $4.00 per 1M.
+    cost = (answer.usage.prompt_tokens + answer.usage.completion_tokens * 6) * 4
     assert record.cost_micro == cost
     assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 1_000_000 - cost
     relay_captures_flush()
@@ -251,3 +255,30 @@ def test_a_4xx_about_the_request_goes_back_uncharged(buyer, sellers, fund, relay
     assert RelayRequest.objects.get().status == "failed"
     assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 1_000_000
     assert account_balance(org_id=buyer.org.id, kind=Kind.HELD) == 0
+
+
+@pytest.mark.parametrize("path", ["fast", "orm"])
+def test_payg_is_charged_at_the_markets_reference_price(
+    path, buyer, sellers, market, fund, entitle, relay_key, client_for, monkeypatch
+):
+    # The rule settlement meters by (settlement.selectors.reference_price_get): the last 24
+    # hours' VWAP, else the best ask, else the list price. Here another buyer bought at $4.00
+    # per 1M and an ask rests at $4.50: the VWAP, $4.00, applies, on either path.
+    if path == "orm":
+        from relay import fast_path
+
+        monkeypatch.setattr(fast_path, "is_eligible", lambda inputs: False)
+    seller = sellers("Seller", seed=1)
+    other = MembershipFactory(org__name="Other Buyer", role=Role.OWNER)
+    entitle(Principal.for_membership(other), seller, price_micro=4_000_000)
+    order_place(
+        principal=seller.principal, market_id=market.id, side="sell", price_micro=4_500_000, lots=2
+    )
+    fund(buyer.org.id, 1_000_000)
+
+    answer = client_for(relay_key(buyer)).chat.completions.create(**CHAT)
+
+    cost = (answer.usage.prompt_tokens + answer.usage.completion_tokens * 6) * 4
+    record = RelayRequest.objects.get(buyer_org=buyer.org)
+    assert (record.entitlement_id, record.price_micro, record.cost_micro) == (None, 4_000_000, cost)
+    assert account_balance(org_id=buyer.org.id, kind=Kind.AVAILABLE) == 1_000_000 - cost
