@@ -477,18 +477,34 @@ class Trade(models.Model):
     # and trade_market_time (market), trade_unique_taker_maker (taker order), trade_buyer_recent
     # and trade_seller_recent (the orgs). The engine writes thousands of trades a second, and
     # each index costs every one of them an insert.
+    # No foreign-key constraints in the database: the references are checked once per statement
+    # by triggers that keep the same rule (core.references; migration 0006).
     market = models.ForeignKey(
-        Market, on_delete=models.PROTECT, related_name="trades", db_index=False
+        Market, on_delete=models.PROTECT, related_name="trades", db_index=False, db_constraint=False
     )
     taker_order = models.ForeignKey(
-        Order, on_delete=models.PROTECT, related_name="taker_trades", db_index=False
+        Order,
+        on_delete=models.PROTECT,
+        related_name="taker_trades",
+        db_index=False,
+        db_constraint=False,
     )
-    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades")
+    maker_order = models.ForeignKey(
+        Order, on_delete=models.PROTECT, related_name="maker_trades", db_constraint=False
+    )
     buyer_org = models.ForeignKey(
-        "accounts.Org", on_delete=models.PROTECT, related_name="+", db_index=False
+        "accounts.Org",
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     seller_org = models.ForeignKey(
-        "accounts.Org", on_delete=models.PROTECT, related_name="+", db_index=False
+        "accounts.Org",
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     price_micro = models.BigIntegerField(help_text="The maker's price, micro-USD per 1M tokens.")
     lots = models.PositiveIntegerField()

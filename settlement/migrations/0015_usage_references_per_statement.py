@@ -27,6 +27,8 @@ runner empties SQLite table by table, in no set order, and a guard would stop it
 
 from django.db import migrations, models
 
+from core.references import Reference, parent_guard, sqlite_triggers
+
 # ruff: noqa: S608 (the SQL is built from this file's own table and column names, no input)
 
 # (child table, column, parent table) for every reference that was a foreign key.
@@ -36,6 +38,7 @@ REFERENCES = [
     ("settlement_usagerecord", "provider_org_id", "accounts_org"),
     ("settlement_usagedraw", "entitlement_id", "settlement_entitlement"),
 ]
+SHARED_REFERENCES = [Reference(*reference) for reference in REFERENCES]
 CHILDREN = sorted({child for child, _, _ in REFERENCES})
 PARENTS = sorted({parent for _, _, parent in REFERENCES})
 
@@ -76,48 +79,11 @@ CREATE TRIGGER {child}_references_on_update AFTER UPDATE ON {child}
 
 
 def _pg_parent_guard(parent: str) -> str:
-    checks = "\n".join(
-        f"""
-    IF EXISTS (SELECT FROM {child} WHERE {column} = OLD.id) THEN
-        RAISE EXCEPTION 'delete or update on table "{parent}" violates a reference from "{child}"'
-            USING ERRCODE = 'foreign_key_violation',
-                  DETAIL = 'Key (id)=(' || OLD.id || ') is still named by {child}.{column}.';
-    END IF;"""
-        for child, column, name in REFERENCES
-        if name == parent
-    )
-    return f"""
-CREATE FUNCTION {parent}_usage_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id THEN
-        RETURN NEW;
-    END IF;{checks}
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER {parent}_usage_guard BEFORE DELETE OR UPDATE OF id ON {parent}
-    FOR EACH ROW EXECUTE FUNCTION {parent}_usage_guard();
-"""
+    return parent_guard(parent, SHARED_REFERENCES, name="usage")
 
 
 def _sqlite_triggers() -> list[str]:
-    statements = []
-    for child in CHILDREN:
-        missing = " OR ".join(
-            f"NOT EXISTS (SELECT 1 FROM {parent} WHERE id = NEW.{column})"
-            for name, column, parent in REFERENCES
-            if name == child
-        )
-        for event in ("INSERT", "UPDATE"):
-            statements.append(
-                f"CREATE TRIGGER {child}_references_on_{event.lower()} BEFORE {event} ON {child}"
-                f" WHEN {missing}"
-                " BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed'); END"
-            )
-    return statements
+    return sqlite_triggers(SHARED_REFERENCES)
 
 
 def install(apps, schema_editor):

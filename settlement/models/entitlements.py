@@ -25,14 +25,27 @@ class Entitlement(models.Model):
     trade = models.OneToOneField(
         "marketplace.Trade", on_delete=models.PROTECT, related_name="entitlement"
     )
+    # No foreign-key constraints in the database for these three: a batch of trades names one
+    # market and a few orgs, checked once per statement by triggers that keep the same rule
+    # (core.references; migration 0016). The trade is new in the same transaction, one per row,
+    # and stays a foreign key.
     buyer_org = models.ForeignKey(
-        "accounts.Org", on_delete=models.PROTECT, related_name="entitlements_bought"
+        "accounts.Org",
+        on_delete=models.PROTECT,
+        related_name="entitlements_bought",
+        db_constraint=False,
     )
     provider_org = models.ForeignKey(
-        "accounts.Org", on_delete=models.PROTECT, related_name="entitlements_sold"
+        "accounts.Org",
+        on_delete=models.PROTECT,
+        related_name="entitlements_sold",
+        db_constraint=False,
     )
     market = models.ForeignKey(
-        "marketplace.Market", on_delete=models.PROTECT, related_name="entitlements"
+        "marketplace.Market",
+        on_delete=models.PROTECT,
+        related_name="entitlements",
+        db_constraint=False,
     )
     tokens_bought = models.BigIntegerField(help_text="Billable tokens.")
     tokens_used = models.BigIntegerField(default=0)

@@ -132,13 +132,20 @@ class LedgerTransaction(models.Model):
 
 
 class LedgerEntry(models.Model):
+    # Both references are checked once per statement by triggers, not by foreign-key constraints
+    # (core.references; migration 0016): a batch of postings names a few accounts a thousand
+    # times. Transactions are append-only, so their check takes no lock.
     transaction = models.ForeignKey(
-        LedgerTransaction, on_delete=models.PROTECT, related_name="entries"
+        LedgerTransaction, on_delete=models.PROTECT, related_name="entries", db_constraint=False
     )
     # No index of its own: ledger_entry_account_recent (account, -id) serves every lookup by
     # account, and each index costs every posting an insert.
     account = models.ForeignKey(
-        LedgerAccount, on_delete=models.PROTECT, related_name="entries", db_index=False
+        LedgerAccount,
+        on_delete=models.PROTECT,
+        related_name="entries",
+        db_index=False,
+        db_constraint=False,
     )
     amount_micro = models.BigIntegerField()
     balance_after_micro = models.BigIntegerField()

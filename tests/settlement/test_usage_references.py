@@ -117,6 +117,9 @@ def test_a_parent_named_by_an_uncommitted_record_waits_and_then_cannot_be_delete
     from django.db import OperationalError
 
     record, _ = drawn
+    # A buyer only the uncommitted record names: the market and the orgs of `drawn` are named by
+    # its trade and entitlement too, whose own guards would refuse the delete either way.
+    lonely = Org.objects.create(name="Named once", slug="named-once")
     inserted, release, outcomes = threading.Event(), threading.Event(), []
 
     def insert_and_hold() -> None:
@@ -124,6 +127,7 @@ def test_a_parent_named_by_an_uncommitted_record_waits_and_then_cannot_be_delete
             with transaction.atomic():
                 copy = UsageRecord.objects.get(pk=record.pk)
                 copy.pk, copy.request_id, copy.is_primary = None, "copy-2", False
+                copy.buyer_org_id = lonely.pk
                 copy.metered_at, copy.entitlement_tokens = None, 0
                 copy.save()
                 inserted.set()
@@ -135,7 +139,7 @@ def test_a_parent_named_by_an_uncommitted_record_waits_and_then_cannot_be_delete
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
-                cursor.execute("DELETE FROM marketplace_market WHERE id = %s", [record.market_id])
+                cursor.execute("DELETE FROM accounts_org WHERE id = %s", [lonely.pk])
             return "deleted"
         except OperationalError:
             return "waited"
