@@ -7,8 +7,8 @@ buyer org per client with an API key (scopes read and trade). `--clients` thread
 own keep-alive HTTP connection and its own buyer's key, POST limit bids to /api/v1/orders with
 a fresh Idempotency-Key for `--seconds`: each answer is a bid validated against the market's
 rules, inserted `pending` with its hold in the ledger, and its match task queued after commit
-(kombu's filesystem broker in a temporary folder; no worker runs, so the figure is intake
-alone). Only 201 and 200 answers count; anything else is reported as an error.
+(coalesced per market; kombu's filesystem broker in a temporary folder; no worker runs, so the
+figure is intake alone). Only 201 and 200 answers count; anything else is reported as an error.
 
 gunicorn runs `--workers` processes of `--threads` threads (gthread, which keeps connections
 alive; the sync worker closes each one). The default for 2 cores is 2 workers of 4 threads:

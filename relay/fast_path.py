@@ -36,11 +36,8 @@ up to 4,096 characters; past it, every execution parses the whole text again. Bo
 stay under it (a test checks): they are minified, and the inserts name no columns (below).
 """
 
-import functools
 from dataclasses import dataclass
 
-import orjson
-from django.db import connections
 from django.utils import timezone
 
 from core.units import bp_floor
@@ -67,11 +64,17 @@ from settlement.models import (
     Entitlement,
     Hold,
     LedgerAccount,
-    LedgerEntry,
     LedgerTransaction,
     UsageRecord,
 )
-from settlement.services.ledger import org_accounts
+from settlement.services.holds import hold_insert_cte
+from settlement.services.ledger import (
+    ledger_move_ctes,
+    model_insert_fields,
+    org_accounts,
+    row_json,
+    sql_minified,
+)
 
 Kind = LedgerAccount.Kind
 
@@ -124,55 +127,9 @@ def is_eligible(inputs: Inputs) -> bool:
     return not policy_has_limits(inputs.policy)
 
 
-def _minified(sql: str) -> str:
-    # The driver caches its parse of a statement text only up to 4,096 characters (above).
-    return " ".join(sql.split())
-
-
-_ACCOUNTS = LedgerAccount._meta.db_table
-_TRANSACTIONS = LedgerTransaction._meta.db_table
-_ENTRIES = LedgerEntry._meta.db_table
 _HOLDS = Hold._meta.db_table
 _ENTITLEMENTS = Entitlement._meta.db_table
 
-# The legs of a move of %(amount)s from %(source)s to %(destination)s, in ascending account id,
-# as ledger.py's statement locks them, with the balances after it.
-_MOVE = f"""
-    locked AS MATERIALIZED (
-        SELECT account.id, account.balance_micro
-          FROM {_ACCOUNTS} AS account
-         WHERE account.id IN (%(source)s::bigint, %(destination)s::bigint)
-           AND account.org_id = %(org)s::bigint AND {{guard}}
-         ORDER BY account.id
-           FOR UPDATE
-    ), after AS MATERIALIZED (
-        SELECT locked.id AS account_id, leg.amount_micro,
-               locked.balance_micro + leg.amount_micro AS balance_after_micro
-          FROM locked JOIN (
-              VALUES (%(source)s::bigint, -%(amount)s::bigint),
-                     (%(destination)s::bigint, %(amount)s::bigint)
-          ) AS leg (account_id, amount_micro) ON leg.account_id = locked.id
-    ), allowed AS (
-        SELECT count(*) = 2 AND bool_and(balance_after_micro >= 0) AS is_allowed FROM after
-    ), txn AS (
-        INSERT INTO {_TRANSACTIONS} (kind, reference, idempotency_key, actor_id, reason, created_at)
-        SELECT %(kind)s::text, %(reference)s::text, %(key)s::text, NULL, '', %(now)s::timestamptz
-         WHERE (SELECT is_allowed FROM allowed)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING id
-    ), entries AS (
-        INSERT INTO {_ENTRIES} (transaction_id, account_id, amount_micro, balance_after_micro,
-                                created_at)
-        SELECT txn.id, after.account_id, after.amount_micro, after.balance_after_micro,
-               %(now)s::timestamptz
-          FROM txn CROSS JOIN after
-    ), balances AS (
-        UPDATE {_ACCOUNTS} AS account
-           SET balance_micro = after.balance_after_micro
-          FROM after, txn
-         WHERE account.id = after.account_id
-    )
-"""  # noqa: S608 - table names come from our models; every value is a parameter
 
 # Admit: no usable entitlement with these providers, then the hold of the worst case.
 _ADMIT = f"""
@@ -186,49 +143,10 @@ _ADMIT = f"""
                AND entitlement.expires_at > %(now)s::timestamptz
                AND entitlement.tokens_used < entitlement.tokens_bought
         ) AS is_entitled
-    ), {_MOVE.format(guard="NOT (SELECT is_entitled FROM entitled)")}, hold AS (
-        INSERT INTO {_HOLDS} (org_id, reference, amount_micro, captured_micro, released_micro,
-                              status, created_at, closed_at)
-        SELECT %(org)s::bigint, %(reference)s::text, %(amount)s::bigint, 0, 0, %(open)s::text,
-               %(now)s::timestamptz, NULL
-          FROM txn
-        RETURNING id
-    )
+    ), {ledger_move_ctes(guard="NOT (SELECT is_entitled FROM entitled)")}, {hold_insert_cte()}
     SELECT (SELECT is_entitled FROM entitled), (SELECT id FROM hold), (SELECT count(*) FROM locked)
 """  # noqa: S608 - table names come from our models; every value is a parameter
-_ADMIT = _minified(_ADMIT)
-
-
-def _fields(model) -> list:
-    """The model's concrete fields but its id: the values of a row the statement inserts."""
-    return [field for field in model._meta.concrete_fields if not field.primary_key]
-
-
-@functools.cache
-def _preparer():
-    """A database wrapper, never connected, whose operations prepare values for its backend.
-
-    `connections["default"]` would build a new wrapper for every request: the event loop runs
-    each request in its own context, and Django keeps a connection per context.
-    """
-    return connections.create_connection("default")
-
-
-def _row_json(fields, instance) -> str:
-    """The row of `instance` as a JSON object by column, each value prepared by its field.
-
-    The statement turns it back into a row of the table (json_populate_record), so PostgreSQL
-    casts every value to its column's type: one parameter, and one cached statement text, for
-    a row of any width. orjson writes datetimes with their microseconds and offset, and UUIDs
-    as text.
-    """
-    connection = _preparer()
-    return orjson.dumps(
-        {
-            field.column: field.get_db_prep_save(field.pre_save(instance, True), connection)
-            for field in fields
-        }
-    ).decode()
+_ADMIT = sql_minified(_ADMIT)
 
 
 _statements: dict[str, object] = {}
@@ -237,7 +155,8 @@ _statements: dict[str, object] = {}
 def _settle_statement():
     """The settle statement (built once: its columns come from the models)."""
     if "settle" not in _statements:
-        usage_fields, request_fields = _fields(UsageRecord), _fields(RelayRequest)
+        usage_fields = model_insert_fields(UsageRecord)
+        request_fields = model_insert_fields(RelayRequest)
         usage_table, request_table = UsageRecord._meta.db_table, RelayRequest._meta.db_table
         # The inserts take a whole row of their table, in the table's own column order, from
         # the JSON; its id (null there) becomes the identity column's next value (OVERRIDING
@@ -249,7 +168,7 @@ def _settle_statement():
          WHERE held.reference = %(reference)s::text AND held.status = %(open)s::text
            AND held.released_micro = 0 AND held.captured_micro = 0
            FOR UPDATE
-    ), {_MOVE.format(guard="%(amount)s::bigint > 0 AND EXISTS (SELECT FROM hold)")},
+    ), {ledger_move_ctes(guard="%(amount)s::bigint > 0 AND EXISTS (SELECT FROM hold)")},
     released AS (
         UPDATE {_HOLDS} AS held
            SET released_micro = %(amount)s::bigint,
@@ -275,7 +194,7 @@ def _settle_statement():
     )
     SELECT (SELECT id FROM hold), (SELECT id FROM request)
 """  # noqa: S608 - table and column names come from our models; every value is a parameter
-        _statements["settle"] = (usage_fields, request_fields, _minified(sql))
+        _statements["settle"] = (usage_fields, request_fields, sql_minified(sql))
     return _statements["settle"]
 
 
@@ -381,8 +300,8 @@ async def relay_settle_fast(*, connection, admission: Admission, outcome: Outcom
         "kind": LedgerTransaction.Kind.HOLD_RELEASE.value,
         "key": f"release:{admission.hold_reference}:{excess}",
         "has_usage": has_usage,
-        "usage": _row_json(usage_fields, usage) if has_usage else "{}",
-        "request": _row_json(request_fields, request),
+        "usage": row_json(usage_fields, usage) if has_usage else "{}",
+        "request": row_json(request_fields, request),
     }
     cursor = await connection.execute(sql, params)
     hold_id, request_id = await cursor.fetchone()

@@ -28,6 +28,8 @@ from settlement.services.ledger import (
 
 Kind = LedgerAccount.Kind
 
+_HOLDS = Hold._meta.db_table
+
 
 def hold_place(*, org_id: int, amount_micro: int, reference: str) -> Hold:
     """Move `amount_micro` from available to held under `reference`. Inside the caller's txn.
@@ -55,6 +57,24 @@ def hold_place(*, org_id: int, amount_micro: int, reference: str) -> Hold:
             raise Conflict(f"the ledger has a hold {reference} but no hold row")
         return _same_terms(twin, org_id=org_id, amount_micro=amount_micro)
     return Hold.objects.create(org_id=org_id, reference=reference, amount_micro=amount_micro)
+
+
+def hold_insert_cte(*, reference: str = "%(reference)s::text") -> str:
+    """The CTE `hold` of a one-statement `hold_place`: the Hold row, once `txn` was written.
+
+    It follows settlement.services.ledger's `ledger_move_ctes` from available to held, whose
+    %(org)s, %(amount)s and %(now)s it shares; `reference` is the SQL text of its reference
+    (the same as the move's, whose key is `hold:<reference>`). Returns the hold's id.
+    """
+    return f"""
+    hold AS (
+        INSERT INTO {_HOLDS} (org_id, reference, amount_micro, captured_micro, released_micro,
+                              status, created_at, closed_at)
+        SELECT %(org)s::bigint, {reference}, %(amount)s::bigint, 0, 0, %(open)s::text,
+               %(now)s::timestamptz, NULL
+          FROM txn
+        RETURNING id
+    )"""  # noqa: S608 - the table name comes from our model; every value is a parameter
 
 
 def _same_terms(hold: Hold, *, org_id: int, amount_micro: int) -> Hold:

@@ -23,10 +23,12 @@ ORM path; the tests run on both.
 in autocommit, so one round trip.
 """
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+import orjson
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from accounts.models import Org, User
@@ -251,6 +253,27 @@ _TRANSACTIONS = LedgerTransaction._meta.db_table
 _ENTRIES = LedgerEntry._meta.db_table
 _SIGNED_KINDS = "{" + ",".join(sorted(LedgerAccount.SIGNED_KINDS)) + "}"
 
+
+def _entries_and_balances(created_at: str) -> str:
+    """The CTEs `entries` and `balances` of a one-statement post, once `txn` was written.
+
+    The entries are the rows of `after` (account_id, amount_micro, balance_after_micro) under
+    the new transaction, at `created_at` (SQL), and each account gets its balance after.
+    """
+    return f"""entries AS (
+        INSERT INTO {_ENTRIES} (transaction_id, account_id, amount_micro, balance_after_micro,
+                                created_at)
+        SELECT txn.id, after.account_id, after.amount_micro, after.balance_after_micro,
+               {created_at}
+          FROM txn CROSS JOIN after
+    ), balances AS (
+        UPDATE {_ACCOUNTS} AS account
+           SET balance_micro = after.balance_after_micro
+          FROM after, txn
+         WHERE account.id = after.account_id
+    )"""  # noqa: S608 - table names come from our models; every value is a parameter
+
+
 # ledger_post in one statement. `locked` takes the row locks in ascending id order and, having
 # waited for them, reads the balances as last committed. Nothing is written unless the key is
 # unused, every account exists, they share a currency and no account that must stay
@@ -291,18 +314,7 @@ _POST_SQL = f"""
          WHERE NOT EXISTS (SELECT FROM existing) AND (SELECT is_allowed FROM allowed)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id
-    ), entries AS (
-        INSERT INTO {_ENTRIES} (transaction_id, account_id, amount_micro, balance_after_micro,
-                                created_at)
-        SELECT txn.id, after.account_id, after.amount_micro, after.balance_after_micro,
-               %(created_at)s::timestamptz
-          FROM txn CROSS JOIN after
-    ), balances AS (
-        UPDATE {_ACCOUNTS} AS account
-           SET balance_micro = after.balance_after_micro
-          FROM after, txn
-         WHERE account.id = after.account_id
-    )
+    ), {_entries_and_balances("%(created_at)s::timestamptz")}
     SELECT (SELECT id FROM txn), (SELECT id FROM existing),
            after.account_id, after.kind, after.balance_micro, after.currency
       FROM after
@@ -365,6 +377,98 @@ def _bigint_array(values: Iterable[int]) -> str:
 
 def _by_key(idempotency_key: str) -> LedgerTransaction | None:
     return LedgerTransaction.objects.filter(idempotency_key=idempotency_key).first()
+
+
+# One-statement moves, for the hot paths that make ledger_post's moves in a single statement of
+# their own (relay/fast_path.py, marketplace/fast_path.py). They share this text so that every
+# such move locks, checks and writes exactly as the others do.
+
+
+def sql_minified(sql: str) -> str:
+    """`sql` on one line.
+
+    psycopg caches its parse of a statement's placeholders only for a text of up to 4,096
+    characters; past it, every execution parses the whole text again.
+    """
+    return " ".join(sql.split())
+
+
+# The legs of a move of %(amount)s from %(source)s to %(destination)s of org %(org)s, in
+# ascending account id, as _POST_SQL locks them, with the balances after it. `{guard}` must hold
+# for any account to be locked; `{reference}` and `{key}` are SQL text expressions (parameters by
+# default) for the transaction's reference and idempotency key.
+_MOVE_SQL = f"""
+    locked AS MATERIALIZED (
+        SELECT account.id, account.balance_micro
+          FROM {_ACCOUNTS} AS account
+         WHERE account.id IN (%(source)s::bigint, %(destination)s::bigint)
+           AND account.org_id = %(org)s::bigint AND {{guard}}
+         ORDER BY account.id
+           FOR UPDATE
+    ), after AS MATERIALIZED (
+        SELECT locked.id AS account_id, leg.amount_micro,
+               locked.balance_micro + leg.amount_micro AS balance_after_micro
+          FROM locked JOIN (
+              VALUES (%(source)s::bigint, -%(amount)s::bigint),
+                     (%(destination)s::bigint, %(amount)s::bigint)
+          ) AS leg (account_id, amount_micro) ON leg.account_id = locked.id
+    ), allowed AS (
+        SELECT count(*) = 2 AND bool_and(balance_after_micro >= 0) AS is_allowed FROM after
+    ), txn AS (
+        INSERT INTO {_TRANSACTIONS} (kind, reference, idempotency_key, actor_id, reason, created_at)
+        SELECT %(kind)s::text, {{reference}}, {{key}}, NULL, '', %(now)s::timestamptz
+         WHERE (SELECT is_allowed FROM allowed)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id
+    ), {_entries_and_balances("%(now)s::timestamptz")}
+"""  # noqa: S608 - table names come from our models; every value is a parameter
+
+
+def ledger_move_ctes(
+    *, guard: str, reference: str = "%(reference)s::text", key: str = "%(key)s::text"
+) -> str:
+    """The CTEs (locked, after, allowed, txn, entries, balances) of a one-statement transfer.
+
+    The statement's own `ledger_post` of %(amount)s from %(source)s to %(destination)s, both
+    accounts of %(org)s, as kind %(kind)s at %(now)s: locks in ascending id, balances read
+    under the lock, nothing written unless both accounts are found and neither goes negative
+    (only non-negative kinds move this way), the key unused. `txn` returns the transaction's id
+    when it was written. The deferred balance trigger and `ledger_check` cover it as any post.
+    """
+    return _MOVE_SQL.format(guard=guard, reference=reference, key=key)
+
+
+def model_insert_fields(model) -> list:
+    """The model's concrete fields but its id: the values of a row a statement inserts."""
+    return [field for field in model._meta.concrete_fields if not field.primary_key]
+
+
+@functools.cache
+def _preparer():
+    """A database wrapper, never connected, whose operations prepare values for its backend.
+
+    `connections["default"]` would be a wrapper per thread or per event-loop context, each
+    with its own state; preparing a value needs none of it.
+    """
+    return connections.create_connection("default")
+
+
+def row_json(fields, instance) -> str:
+    """The row of `instance` as a JSON object by column, each value prepared by its field.
+
+    A statement turns it back into a row of the table (json_populate_record), so PostgreSQL
+    casts every value to its column's type: one parameter, and one cached statement text, for
+    a row of any width, whose columns come from the model. Fields fill their defaults and
+    automatic values (pre_save, as for an insert). orjson writes datetimes with their
+    microseconds and offset, and UUIDs as text.
+    """
+    preparer = _preparer()
+    return orjson.dumps(
+        {
+            field.column: field.get_db_prep_save(field.pre_save(instance, True), preparer)
+            for field in fields
+        }
+    ).decode()
 
 
 ADJUSTABLE_KINDS = frozenset({Kind.AVAILABLE, Kind.EARNED})
