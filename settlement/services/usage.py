@@ -4,9 +4,10 @@ Ingestion (`usage_ingest`) validates a batch first and writes only the records t
 one transaction: a bad record is answered `rejected` with a code and never blocks the good ones,
 and nothing of a batch that fails half-way stays. Each record is idempotent per (source, source
 org, request id). The unique constraint is the guard, not a prior read: the rows are inserted
-with ON CONFLICT DO NOTHING, sorted by request id so two concurrent copies of a batch wait on
-each other in the same order (never a deadlock), and a row this call did not write was written
-by an earlier or concurrent call, so its record is answered `duplicate` with that first result.
+(plainly, and if any was stored already, again with ON CONFLICT DO NOTHING), sorted by request
+id so two concurrent copies of a batch wait on each other in the same order (never a deadlock),
+and a row this call did not write was written by an earlier or concurrent call, so its record
+is answered `duplicate` with that first result.
 
 Metering (`usage_meter`) runs for the primary records only: the relay where it served the
 request, otherwise the provider. Buyers' reports, and a provider's report of a request the relay
@@ -36,16 +37,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
+from operator import attrgetter
+from typing import NamedTuple
 
 from django.apps import apps
-from django.db import connection, transaction
-from django.db.models import F, Min, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
 from django.db.models.base import ModelState
 from django.utils import timezone
 
 from accounts.models import Org
 from core import locks
 from core.bulk import rows_insert, rows_update, text_array
+from core.rows import ModelColumns, instances, select_list
 from core.units import (
     TOKENS_PER_PRICE_UNIT,
     billable_tokens,
@@ -107,9 +112,14 @@ REJECTION_CODES = {
 }
 
 
-@dataclass(frozen=True)
-class UsageInput:
-    """One record as a source reports it; the counterparty is the other org, by slug."""
+class UsageInput(NamedTuple):
+    """One record as a source reports it; the counterparty is the other org, by slug.
+
+    A named tuple rather than a frozen dataclass: a batch reads a thousand, and a frozen
+    dataclass sets each of its ten fields through object.__setattr__, which made it about three
+    times as dear to build; a tuple of plain values is also one the garbage collector stops
+    following after its first pass.
+    """
 
     request_id: str
     market: str
@@ -167,27 +177,99 @@ class _Lookups:
 
 
 def _lookups(inputs: Sequence[UsageInput], source_org: Org) -> _Lookups:
-    market_model = apps.get_model("marketplace", "Market")
-    markets = {
-        market.symbol: market
-        for market in market_model.objects.select_related("tier").filter(
-            symbol__in={item.market.upper() for item in inputs}
-        )
-    }
-    orgs = {org.slug: org for org in Org.objects.filter(slug__in={i.counterparty for i in inputs})}
-    org_ids = {org.id for org in orgs.values()} | {source_org.id}
-    starts = {
-        (row["buyer_org_id"], row["provider_org_id"], row["market_id"]): row["first"]
-        for row in Entitlement.objects.filter(
-            buyer_org_id__in=org_ids,
-            provider_org_id__in=org_ids,
-            market_id__in=[market.id for market in markets.values()],
-        )
-        .values("buyer_org_id", "provider_org_id", "market_id")
-        .annotate(first=Min("created_at"))
-        .order_by()
-    }
+    """The markets (with their tiers) and orgs a batch names, and its pairs' first trades.
+
+    Written once as SQL (core.rows) rather than compiled by the ORM: a batch's three lookups
+    cost the ORM about 3 ms of Python, more than the queries' own time.
+    """
+    if not inputs:
+        return _Lookups(markets={}, orgs={}, relationship_starts={})
+    symbols = sorted({item.market.upper() for item in inputs})
+    slugs = sorted({item.counterparty for item in inputs})
+    market_parts = _market_parts()
+    markets = {}
+    for row in _rows(_lookup_sql("markets", len(symbols)), symbols):
+        market, market.tier = instances(row, market_parts, connection)
+        markets[market.symbol] = market
+    orgs = {}
+    for row in _rows(_lookup_sql("orgs", len(slugs)), slugs):
+        [org] = instances(row, _ORG_PARTS, connection)
+        orgs[org.slug] = org
+    org_ids = sorted({org.id for org in orgs.values()} | {source_org.id})
+    market_ids = sorted(market.id for market in markets.values())
+    starts = {}
+    if market_ids:
+        sql = _lookup_sql("starts", len(org_ids), len(market_ids))
+        for *pair, first in _rows(sql, [*org_ids, *org_ids, *market_ids]):
+            starts[tuple(pair)] = _entitlement_time(first)
     return _Lookups(markets=markets, orgs=orgs, relationship_starts=starts)
+
+
+_ORG_PARTS = [ModelColumns(Org, "o")]
+_LOOKUP_SQL: dict[tuple, str] = {}  # by vendor, lookup and the sizes of its lists
+
+
+@cache
+def _market_parts() -> list[ModelColumns]:
+    market_model = apps.get_model("marketplace", "Market")
+    tier_model = market_model._meta.get_field("tier").related_model
+    return [ModelColumns(market_model, "m"), ModelColumns(tier_model, "t")]
+
+
+def _lookup_sql(name: str, *sizes: int) -> str:
+    key = (connection.vendor, name, *sizes)
+    sql = _LOOKUP_SQL.get(key)
+    if sql is None:
+        sql = _LOOKUP_SQL[key] = _LOOKUP_BUILDERS[name](connection.ops.quote_name, *sizes)
+    return sql
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def _markets_sql(quote, count: int) -> str:
+    market_parts = _market_parts()
+    market_model, tier_model = (part.model for part in market_parts)
+    return (
+        f"SELECT {select_list(market_parts, connection)}"  # noqa: S608 (names from our models)
+        f" FROM {quote(market_model._meta.db_table)} AS m"
+        f" JOIN {quote(tier_model._meta.db_table)} AS t ON t.id = m.tier_id"
+        f" WHERE m.symbol IN ({_placeholders(count)})"
+    )
+
+
+def _orgs_sql(quote, count: int) -> str:
+    return (
+        f"SELECT {select_list(_ORG_PARTS, connection)}"  # noqa: S608 (names from our models)
+        f" FROM {quote(Org._meta.db_table)} AS o WHERE o.slug IN ({_placeholders(count)})"
+    )
+
+
+def _starts_sql(quote, org_count: int, market_count: int) -> str:
+    return (
+        "SELECT buyer_org_id, provider_org_id, market_id, MIN(created_at)"  # noqa: S608
+        f" FROM {quote(Entitlement._meta.db_table)}"
+        f" WHERE buyer_org_id IN ({_placeholders(org_count)})"
+        f" AND provider_org_id IN ({_placeholders(org_count)})"
+        f" AND market_id IN ({_placeholders(market_count)})"
+        " GROUP BY buyer_org_id, provider_org_id, market_id"
+    )
+
+
+def _rows(sql: str, params: list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _entitlement_time(value) -> datetime:
+    """An entitlement's created_at as read by hand, converted as the ORM converts the field."""
+    field = Entitlement._meta.get_field("created_at")
+    column = field.get_col(Entitlement._meta.db_table)
+    for convert in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
+        value = convert(value, column, connection)
+    return value
 
 
 def _figures_problem(item: UsageInput, latest_end: datetime) -> str | None:
@@ -304,7 +386,7 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
     # combination is looked up once.
     targets: dict[tuple[str, str, str], _Target | str] = {}
     for index, item in enumerate(inputs):
-        result = UsageResult(index=index, request_id=item.request_id, status="")
+        result = UsageResult(index, item.request_id, "")
         results.append(result)
         code = _figures_problem(item, latest_end)
         if code is None:
@@ -357,6 +439,8 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
     stored, plan = _insert_once(
         source=source, source_org=source_org, rows=candidates, batch_id=batch_id, now=now
     )
+    # A record this call wrote holds this call's batch id; one read back was written by an
+    # earlier or concurrent call, under another id.
     for request_id, (index, row) in candidates.items():
         record = stored[request_id]
         if record.batch_id == batch_id:
@@ -429,14 +513,7 @@ def _insert_once(
         if plan is not None:
             for name in ("metered_at", "entitlement_tokens"):
                 columns[name] = [getattr(record, name) for record in drafts]
-        written = rows_insert(
-            UsageRecord,
-            columns=columns,
-            constants=constants,
-            ignore_conflicts=True,
-            returning=("request_id", "id"),
-        )
-        ids = dict(written)
+        ids = dict(_records_insert(columns, constants, expect_new=attempt == 0))
         for record in drafts:
             record_id = ids.get(record.request_id)
             if record_id is not None:
@@ -460,6 +537,36 @@ def _insert_once(
         # Lost the primary slot to the relay: keep it as a check record.
         pending = [_as_check(row) for row in pending]
     raise RuntimeError(f"usage records {[row[0] for row in pending][:5]} not stored")
+
+
+def _records_insert(
+    columns: dict[str, list], constants: dict[str, object], *, expect_new: bool
+) -> list[tuple[str, int]]:
+    """Insert the records; (request id, id) of each one written, skipping those already stored.
+
+    Nearly every batch is new: on PostgreSQL it is first inserted plainly, in a savepoint,
+    because ON CONFLICT DO NOTHING probes every unique index a row falls in before inserting it
+    (a quarter of the insert's database time). Any row already stored (a retry, a request the
+    relay metered meanwhile) fails that insert whole, and the batch is inserted again skipping
+    the rows stored, as every insert did before. A concurrent copy of the batch still makes the
+    plain insert wait for its outcome at the same unique keys, in the same order.
+    """
+    returning = ("request_id", "id")
+    if expect_new and connection.vendor == "postgresql":
+        try:
+            with transaction.atomic():
+                return rows_insert(
+                    UsageRecord, columns=columns, constants=constants, returning=returning
+                )
+        except IntegrityError:
+            pass  # some row is stored already: the insert below skips it
+    return rows_insert(
+        UsageRecord,
+        columns=columns,
+        constants=constants,
+        ignore_conflicts=True,
+        returning=returning,
+    )
 
 
 def _drafts(rows: list[tuple], fixed: dict[str, object]) -> list[UsageRecord]:
@@ -491,14 +598,17 @@ def _metered_elsewhere(*, provider_org_id: int, request_ids: list[str]) -> set[s
     """
     if connection.vendor == "postgresql":
         # One array parameter: an IN list of a thousand values cost more to build and plan
-        # than the lookup itself.
+        # than the lookup itself. The source is written into the statement, not bound: once
+        # the statement is prepared, its generic plan cannot tell that a bound source matches
+        # the relay index's condition, and probed every primary record of the provider
+        # instead (usage_one_primary_per_request), which grows with the provider's history.
         table = UsageRecord._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT request_id FROM {connection.ops.quote_name(table)} "  # noqa: S608
-                "WHERE source = %s AND request_id = ANY(%s::varchar[]) "
-                "AND is_primary AND provider_org_id = %s",
-                [UsageSource.RELAY, text_array(request_ids), provider_org_id],
+                f"WHERE source = '{UsageSource.RELAY.value}' "
+                "AND request_id = ANY(%s::varchar[]) AND is_primary AND provider_org_id = %s",
+                [text_array(request_ids), provider_org_id],
             )
             return {request_id for (request_id,) in cursor.fetchall()}
     return set(
@@ -544,11 +654,18 @@ class _DrawPlan:
     """
 
     records: list[UsageRecord]
+    pairs: set[tuple[int, int, int]]
     tokens_used: dict[int, int]
-    draws: list[tuple]
+    draws: "_Draws"
 
-    def holds(self, records: Sequence[UsageRecord], locked: list[Entitlement]) -> bool:
-        return {id(record) for record in records} == {id(record) for record in self.records} and {
+    def covers(self, records: Sequence[UsageRecord]) -> bool:
+        """Whether `records` are the very records the plan drew (whatever their order)."""
+        return len(records) == len(self.records) and set(map(id, records)) == set(
+            map(id, self.records)
+        )
+
+    def holds(self, locked: list[Entitlement]) -> bool:
+        return {
             entitlement.id: entitlement.tokens_used for entitlement in locked
         } == self.tokens_used
 
@@ -559,15 +676,48 @@ class _DrawPlan:
 
 
 def _open_entitlements(pairs: set[tuple[int, int, int]], *, lock: bool) -> list[Entitlement]:
+    """The pairs' open entitlements with tokens left, by ascending id; locked if `lock`."""
     if not pairs:
         return []
+    if not lock:
+        # Read once a batch before its insert, written once as SQL (core.rows): the ORM
+        # compiled this query for about 1 ms of Python a batch.
+        pairs = sorted(pairs)
+        sql = _lookup_sql("open_entitlements", len(pairs))
+        params = [Entitlement.Status.OPEN, *(key for pair in pairs for key in pair)]
+        return [instances(row, _ENTITLEMENT_PARTS, connection)[0] for row in _rows(sql, params)]
     match = Q()
     for buyer_id, provider_id, market_id in pairs:
         match |= Q(buyer_org_id=buyer_id, provider_org_id=provider_id, market_id=market_id)
     match &= Q(status=Entitlement.Status.OPEN, tokens_used__lt=F("tokens_bought"))
-    if lock:
-        return locks.entitlements_for_update(match)
-    return list(Entitlement.objects.filter(match).order_by("id"))
+    return locks.entitlements_for_update(match)
+
+
+_ENTITLEMENT_PARTS = [ModelColumns(Entitlement, "e")]
+
+
+def _open_entitlements_sql(quote, pair_count: int) -> str:
+    pair = "(e.buyer_org_id = %s AND e.provider_org_id = %s AND e.market_id = %s)"
+    return (
+        f"SELECT {select_list(_ENTITLEMENT_PARTS, connection)}"  # noqa: S608 (our models' names)
+        f" FROM {quote(Entitlement._meta.db_table)} AS e"
+        " WHERE e.status = %s AND e.tokens_used < e.tokens_bought"
+        f" AND ({' OR '.join([pair] * pair_count)}) ORDER BY e.id"
+    )
+
+
+_LOOKUP_BUILDERS = {
+    "markets": _markets_sql,
+    "orgs": _orgs_sql,
+    "starts": _starts_sql,
+    "open_entitlements": _open_entitlements_sql,
+}
+
+
+# The order a batch's records are drawn down in, and the pair (buyer, provider, market) whose
+# entitlements a record draws; attrgetter reads them without a Python call per record.
+_DRAW_ORDER = attrgetter("ended_at", "request_id")
+_PAIR = attrgetter("buyer_org_id", "provider_org_id", "market_id")
 
 
 def _draw_plan(records: list[UsageRecord]) -> _DrawPlan | None:
@@ -577,17 +727,17 @@ def _draw_plan(records: list[UsageRecord]) -> _DrawPlan | None:
     """
     if not records:
         return None
-    ordered = sorted(records, key=lambda r: (r.ended_at, r.request_id))
-    pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in ordered}
+    ordered = sorted(records, key=_DRAW_ORDER)
+    keys = list(map(_PAIR, ordered))
+    pairs = set(keys)
     entitlements = _open_entitlements(pairs, lock=False)
     tokens_used = {entitlement.id: entitlement.tokens_used for entitlement in entitlements}
     by_pair = _by_pair(entitlements)
-    draws: list[tuple] = []
+    draws = _Draws()
     metered_at = timezone.now()
-    plan = _DrawPlan(records=ordered, tokens_used=tokens_used, draws=draws)
-    for record in ordered:
+    plan = _DrawPlan(records=ordered, pairs=pairs, tokens_used=tokens_used, draws=draws)
+    for record, key in zip(ordered, keys, strict=True):
         record.metered_at = metered_at
-        key = (record.buyer_org_id, record.provider_org_id, record.market_id)
         if _draw(record, by_pair.get(key, ()), draws):
             plan.discard()
             return None
@@ -603,7 +753,24 @@ def _by_pair(entitlements: list[Entitlement]) -> dict[tuple[int, int, int], list
     return {key: _in_draw_order(pair) for key, pair in by_pair.items()}
 
 
-def _draw(record: UsageRecord, entitlements: Sequence[Entitlement], draws: list[tuple]) -> int:
+class _Draws:
+    """Draws not written yet, as the columns their rows are inserted from: the insert takes the
+    token columns as they are, where a tuple a draw had to be taken apart column by column."""
+
+    def __init__(self):
+        self.records: list[UsageRecord] = []
+        self.entitlements: list[Entitlement] = []
+        self.tokens: list[int] = []
+        self.covered_tokens: list[int] = []
+
+    def add(self, record: UsageRecord, entitlement: Entitlement, tokens: int, covered: int):
+        self.records.append(record)
+        self.entitlements.append(entitlement)
+        self.tokens.append(tokens)
+        self.covered_tokens.append(covered)
+
+
+def _draw(record: UsageRecord, entitlements: Sequence[Entitlement], draws: _Draws) -> int:
     """Draw `record` down against its pair's `entitlements` (in draw-down order); return its
     billable tokens left uncovered.
 
@@ -611,7 +778,7 @@ def _draw(record: UsageRecord, entitlements: Sequence[Entitlement], draws: list[
     An entitlement counts in its own contract weights. When they equal the market's (the usual
     case) a draw of n tokens covers n of the record's billable tokens; otherwise the record's
     uncovered share is converted, rounding down what the entitlement is charged. Each draw is
-    appended to `draws` as (record, entitlement, tokens, covered tokens).
+    added to `draws` with its tokens and covered tokens.
     """
     billable = left = record.billable_tokens
     weights = (record.output_weight_bp, record.cache_weight_bp)
@@ -645,7 +812,7 @@ def _draw(record: UsageRecord, entitlements: Sequence[Entitlement], draws: list[
         if covered == 0:
             continue
         entitlement.tokens_used += tokens
-        draws.append((record, entitlement, tokens, covered))
+        draws.add(record, entitlement, tokens, covered)
         left -= covered
     record.entitlement_tokens = billable - left
     return left
@@ -718,10 +885,13 @@ def usage_meter(*, records: Sequence[UsageRecord], plan: _DrawPlan | None = None
         raise ValueError("only primary records not metered yet are metered")
     if not records:
         return
-    pairs = {(r.buyer_org_id, r.provider_org_id, r.market_id) for r in records}
+    if plan is not None and not plan.covers(records):
+        plan.discard()
+        plan = None
+    pairs = plan.pairs if plan is not None else set(map(_PAIR, records))
     locked = _entitlements_for_update(pairs)
     if plan is not None:
-        if plan.holds(records, locked):
+        if plan.holds(locked):
             _draws_book(plan.draws)
             return
         plan.discard()
@@ -730,7 +900,7 @@ def usage_meter(*, records: Sequence[UsageRecord], plan: _DrawPlan | None = None
         record.metered_at = metered_at
     records = sorted(records, key=lambda r: (r.ended_at, r.request_id, r.id))
     by_pair = _by_pair(locked)
-    draws: list[tuple] = []
+    draws = _Draws()
     uncovered = {}
     for record in records:
         key = (record.buyer_org_id, record.provider_org_id, record.market_id)
@@ -819,9 +989,13 @@ def usage_meter(*, records: Sequence[UsageRecord], plan: _DrawPlan | None = None
     )
 
 
-def _draws_book(draws: list[tuple]) -> None:
+def _draws_book(draws: _Draws) -> None:
     """Write the draws and the entitlements' new tokens_used (the entitlements locked)."""
-    drawn = {entitlement.id: entitlement for _, entitlement, _, _ in draws}
+    drawn = {entitlement.id: entitlement for entitlement in draws.entitlements}
+    hours: dict[datetime, datetime] = {}  # the records of a batch mostly end in one hour
+    for record in draws.records:
+        if record.ended_at not in hours:
+            hours[record.ended_at] = record.ended_hour
     rows_update(
         Entitlement,
         ids=list(drawn),
@@ -830,11 +1004,11 @@ def _draws_book(draws: list[tuple]) -> None:
     rows_insert(
         UsageDraw,
         columns={
-            "usage_record_id": [record.id for record, _, _, _ in draws],
-            "entitlement_id": [entitlement.id for _, entitlement, _, _ in draws],
-            "tokens": [tokens for _, _, tokens, _ in draws],
-            "covered_tokens": [covered for _, _, _, covered in draws],
-            "hour": [record.ended_hour for record, _, _, _ in draws],
+            "usage_record_id": [record.id for record in draws.records],
+            "entitlement_id": [entitlement.id for entitlement in draws.entitlements],
+            "tokens": draws.tokens,
+            "covered_tokens": draws.covered_tokens,
+            "hour": [hours[record.ended_at] for record in draws.records],
         },
     )
 

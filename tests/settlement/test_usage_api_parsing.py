@@ -136,7 +136,7 @@ def test_a_badly_typed_record_gets_the_serializers_error(seller, buyer, market, 
     client = api_for(seller, scopes=[Scope.USAGE_WRITE])
     now = datetime.now(UTC)
     item = {
-        **usage(market, buyer.org).__dict__,
+        **usage(market, buyer.org)._asdict(),
         "input_tokens": "many",
         "started_at": (now - timedelta(seconds=2)).isoformat(),
         "ended_at": now.isoformat(),
@@ -161,7 +161,7 @@ def test_an_integer_past_64_bits_is_read_as_the_json_parser_reads_it(
     client = api_for(seller, scopes=[Scope.USAGE_WRITE])
     now = datetime.now(UTC)
     item = {
-        **usage(market, buyer.org).__dict__,
+        **usage(market, buyer.org)._asdict(),
         "started_at": (now - timedelta(seconds=2)).isoformat(),
         "ended_at": now.isoformat(),
     }

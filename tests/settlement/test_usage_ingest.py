@@ -250,12 +250,12 @@ def test_the_api_answers_each_record(seller, buyer, market, buy, api_for):
     body = {
         "records": [
             {
-                **good.__dict__,
+                **good._asdict(),
                 "started_at": good.started_at.isoformat(),
                 "ended_at": good.ended_at.isoformat(),
             },
             {
-                **good.__dict__,
+                **good._asdict(),
                 "request_id": "req-bad",
                 "input_tokens": -3,
                 "started_at": good.started_at.isoformat(),
@@ -285,7 +285,7 @@ def test_the_api_answers_each_record(seller, buyer, market, buy, api_for):
 def test_the_api_needs_the_usage_scope_and_a_bounded_batch(seller, buyer, market, api_for):
     record = usage(market, buyer.org)
     item = {
-        **record.__dict__,
+        **record._asdict(),
         "started_at": record.started_at.isoformat(),
         "ended_at": record.ended_at.isoformat(),
     }
