@@ -6,10 +6,8 @@ case goes around the services, as a hand on the database would: the triggers are
 PostgreSQL and (for the children's own writes) on SQLite.
 """
 
-import threading
-
 import pytest
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from accounts.models import Org
 from marketplace import engine
@@ -17,6 +15,7 @@ from marketplace.models import Trade
 from marketplace.services import order_place
 from settlement.models import Entitlement, LedgerAccount, LedgerEntry, LedgerTransaction
 from settlement.services import ledger_check, ledger_post, org_account, platform_account, transfer
+from tests.concurrency import delete_while_named
 
 pytestmark = pytest.mark.django_db
 
@@ -187,51 +186,22 @@ def test_an_account_an_uncommitted_posting_names_waits_and_then_cannot_be_delete
     """The postings' check locks the account FOR KEY SHARE until their transaction ends."""
     fresh = Org.objects.create(name="Fresh", slug="fresh")
     account = org_account(org_id=fresh.pk, kind=LedgerAccount.Kind.AVAILABLE)
-    posted, release, outcomes = threading.Event(), threading.Event(), []
 
-    def post_and_hold() -> None:
-        try:
-            with transaction.atomic():
-                ledger_post(
-                    kind=LedgerTransaction.Kind.TRANSFER,
-                    postings=transfer(
-                        platform_account(kind=LedgerAccount.Kind.STRIPE_CLEARING), account, 1_000
-                    ),
-                    reference="held open",
-                )
-                posted.set()
-                release.wait(timeout=30)
-        finally:
-            connection.close()
+    def post() -> None:
+        ledger_post(
+            kind=LedgerTransaction.Kind.TRANSFER,
+            postings=transfer(
+                platform_account(kind=LedgerAccount.Kind.STRIPE_CLEARING), account, 1_000
+            ),
+            reference="held open",
+        )
 
-    def delete(lock_timeout: str) -> str:
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
-                cursor.execute("DELETE FROM settlement_ledgeraccount WHERE id = %s", [account.pk])
-            return "deleted"
-        except OperationalError:
-            return "waited"
-        except IntegrityError as error:
-            return "refused" if "settlement_ledgerentry" in str(error) else str(error)
-
-    def delete_in_thread(lock_timeout: str) -> None:
-        try:
-            outcomes.append(delete(lock_timeout))
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=post_and_hold)
-    holder.start()
-    assert posted.wait(timeout=30)
-    first = threading.Thread(target=delete_in_thread, args=("500ms",))
-    first.start()
-    first.join(timeout=30)
-    release.set()
-    holder.join(timeout=30)
-    second = threading.Thread(target=delete_in_thread, args=("5s",))
-    second.start()
-    second.join(timeout=30)
+    outcomes = delete_while_named(
+        post,
+        table="settlement_ledgeraccount",
+        parent_id=account.pk,
+        child_table="settlement_ledgerentry",
+    )
 
     assert outcomes == ["waited", "refused"]
     assert LedgerEntry.objects.filter(account=account).count() == 1

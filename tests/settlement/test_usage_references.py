@@ -12,6 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from accounts.models import Org
 from settlement.models import UsageDraw, UsageRecord
 from settlement.services import usage_ingest
+from tests.concurrency import delete_while_named
 from tests.settlement import usage_setup
 from tests.settlement.usage_setup import usage
 
@@ -112,57 +113,21 @@ def test_a_parent_no_usage_names_is_deleted_as_before(drawn):
 @pytest.mark.django_db(transaction=True)
 def test_a_parent_named_by_an_uncommitted_record_waits_and_then_cannot_be_deleted(drawn):
     """The insert's check locks the parent FOR KEY SHARE until its transaction ends."""
-    import threading
-
-    from django.db import OperationalError
-
     record, _ = drawn
     # A buyer only the uncommitted record names: the market and the orgs of `drawn` are named by
     # its trade and entitlement too, whose own guards would refuse the delete either way.
     lonely = Org.objects.create(name="Named once", slug="named-once")
-    inserted, release, outcomes = threading.Event(), threading.Event(), []
 
-    def insert_and_hold() -> None:
-        try:
-            with transaction.atomic():
-                copy = UsageRecord.objects.get(pk=record.pk)
-                copy.pk, copy.request_id, copy.is_primary = None, "copy-2", False
-                copy.buyer_org_id = lonely.pk
-                copy.metered_at, copy.entitlement_tokens = None, 0
-                copy.save()
-                inserted.set()
-                release.wait(timeout=30)
-        finally:
-            connection.close()
+    def insert() -> None:
+        copy = UsageRecord.objects.get(pk=record.pk)
+        copy.pk, copy.request_id, copy.is_primary = None, "copy-2", False
+        copy.buyer_org_id = lonely.pk
+        copy.metered_at, copy.entitlement_tokens = None, 0
+        copy.save()
 
-    def delete(lock_timeout: str) -> str:
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
-                cursor.execute("DELETE FROM accounts_org WHERE id = %s", [lonely.pk])
-            return "deleted"
-        except OperationalError:
-            return "waited"
-        except IntegrityError as error:
-            return "refused" if "settlement_usagerecord" in str(error) else str(error)
-
-    def delete_in_thread(lock_timeout: str) -> None:
-        try:
-            outcomes.append(delete(lock_timeout))
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=insert_and_hold)
-    holder.start()
-    assert inserted.wait(timeout=30)
-    first = threading.Thread(target=delete_in_thread, args=("500ms",))
-    first.start()
-    first.join(timeout=30)
-    release.set()
-    holder.join(timeout=30)
-    second = threading.Thread(target=delete_in_thread, args=("5s",))
-    second.start()
-    second.join(timeout=30)
+    outcomes = delete_while_named(
+        insert, table="accounts_org", parent_id=lonely.pk, child_table="settlement_usagerecord"
+    )
 
     assert outcomes == ["waited", "refused"]
     assert UsageRecord.objects.count() == 2
