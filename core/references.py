@@ -61,22 +61,10 @@ def _missing_parent_error(reference: Reference) -> str:
                   DETAIL = 'A {reference.column} names no row of {reference.parent}.';"""  # noqa: E501
 
 
-def _statement_check(child: str, references) -> str:
-    checks = []
-    for reference in references:
-        lock = "" if reference.is_append_only else "\n           FOR KEY SHARE OF parent"
-        checks.append(
-            f"""
-    SELECT count(*) INTO wanted FROM (SELECT DISTINCT {reference.column} FROM new_rows) AS named;
-    SELECT count(*) INTO found FROM (
-        SELECT parent.id FROM {reference.parent} AS parent
-         WHERE parent.id IN (SELECT {reference.column} FROM new_rows){lock}
-    ) AS present;
-    IF found <> wanted THEN{_missing_parent_error(reference)}
-    END IF;"""
-        )
+def _check_function(child: str, checks: list[str], *, replace: bool = False, settings="") -> str:
+    create = "CREATE OR REPLACE FUNCTION" if replace else "CREATE FUNCTION"
     return f"""
-CREATE FUNCTION {child}_references_check() RETURNS trigger LANGUAGE plpgsql AS $$
+{create} {child}_references_check() RETURNS trigger LANGUAGE plpgsql{settings} AS $$
 DECLARE
     wanted bigint;
     found bigint;
@@ -84,10 +72,59 @@ BEGIN{"".join(checks)}
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER {child}_references_on_insert AFTER INSERT ON {child}
+"""
+
+
+def _check_by_semi_join(reference: Reference) -> str:
+    """The first form: the parents found by a semi-join, which the planner may run as a hash
+    join over a scan of the whole parent table (see `_check_by_key`)."""
+    lock = "" if reference.is_append_only else "\n           FOR KEY SHARE OF parent"
+    return f"""
+    SELECT count(*) INTO wanted FROM (SELECT DISTINCT {reference.column} FROM new_rows) AS named;
+    SELECT count(*) INTO found FROM (
+        SELECT parent.id FROM {reference.parent} AS parent
+         WHERE parent.id IN (SELECT {reference.column} FROM new_rows){lock}
+    ) AS present;
+    IF found <> wanted THEN{_missing_parent_error(reference)}
+    END IF;"""
+
+
+BY_KEY_SETTINGS = "\n    SET enable_seqscan = off"
+
+
+def _check_by_key(reference: Reference) -> str:
+    """Each distinct parent the statement names, looked up by its key, one probe each.
+
+    PL/pgSQL plans a trigger's query once per session and keeps the plan. The semi-join form
+    planned while a parent table was small (a new database, a test, a benchmark's first batch)
+    kept a hash join over a scan of the whole table, so every later statement read the parent
+    table through, growing with it: a two-entry ledger posting read every ledger transaction.
+    The lateral subquery with its LIMIT cannot be flattened into a join, so the plan is a loop
+    over the named keys with one probe of the parent each; the function runs with sequential
+    scans off (`BY_KEY_SETTINGS`), so the probe is of the primary key, whatever the planner
+    believed of the table's size when it planned. A NULL names no parent and is not checked, as
+    in a foreign key.
+    """
+    lock = "" if reference.is_append_only else " FOR KEY SHARE"
+    return f"""
+    SELECT count(*), count(present.id) INTO wanted, found
+      FROM (SELECT DISTINCT {reference.column} AS id FROM new_rows
+             WHERE {reference.column} IS NOT NULL) AS named
+      LEFT JOIN LATERAL (
+            SELECT parent.id FROM {reference.parent} AS parent
+             WHERE parent.id = named.id LIMIT 1{lock}
+      ) AS present ON true;
+    IF found <> wanted THEN{_missing_parent_error(reference)}
+    END IF;"""
+
+
+def _statement_check(child: str, references) -> str:
+    checks = [_check_by_semi_join(reference) for reference in references]
+    trigger = f"""CREATE TRIGGER {child}_references_on_insert AFTER INSERT ON {child}
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {child}_references_check();
 """
+    return _check_function(child, checks) + trigger
 
 
 def _row_check_on_update(child: str, references) -> str:
@@ -225,3 +262,59 @@ def sqlite_triggers_suspended(references: list[Reference]) -> tuple:
                 schema_editor.execute(statement)
 
     return migrations.RunPython(drop, create), migrations.RunPython(create, drop)
+
+
+def references_checked_by_key(references: list[Reference]):
+    """A RunPython operation giving `references`' children `_check_by_key`'s statement check.
+
+    For children whose check an earlier migration made in the semi-join form: the function is
+    replaced in place, its triggers stay. Backward puts the semi-join form back.
+    """
+    from django.db import migrations
+
+    def replace(check, settings):
+        def run(apps, schema_editor):
+            if schema_editor.connection.vendor != "postgresql":
+                return
+            for child in _children(references):
+                checks = [check(r) for r in references if r.child == child]
+                function = _check_function(child, checks, replace=True, settings=settings)
+                schema_editor.execute(function)
+
+        return run
+
+    return migrations.RunPython(
+        replace(_check_by_key, BY_KEY_SETTINGS), replace(_check_by_semi_join, "")
+    )
+
+
+def update_checks_per_row(references: list[Reference]):
+    """A RunPython operation checking `references`' children's updates row by row.
+
+    For children whose UPDATE statements an earlier migration checked like their inserts, all
+    rows of every statement (migration 0015 of settlement, the usage rows): the statement
+    trigger on UPDATE becomes `_row_check_on_update`'s, which runs only for a row moved to
+    another parent. Backward puts the statement trigger back.
+    """
+    from django.db import migrations
+
+    def forward(apps, schema_editor):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        for child in _children(references):
+            own = [r for r in references if r.child == child]
+            schema_editor.execute(f"DROP TRIGGER {child}_references_on_update ON {child}")
+            schema_editor.execute(_row_check_on_update(child, own))
+
+    def backward(apps, schema_editor):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        for child in _children(references):
+            schema_editor.execute(f"DROP FUNCTION {child}_references_moved() CASCADE")
+            schema_editor.execute(
+                f"CREATE TRIGGER {child}_references_on_update AFTER UPDATE ON {child}"
+                " REFERENCING NEW TABLE AS new_rows"
+                f" FOR EACH STATEMENT EXECUTE FUNCTION {child}_references_check()"
+            )
+
+    return migrations.RunPython(forward, backward)

@@ -16,6 +16,7 @@ from marketplace.services import order_place
 from settlement.models import Entitlement, LedgerAccount, LedgerEntry, LedgerTransaction
 from settlement.services import ledger_check, ledger_post, org_account, platform_account, transfer
 from tests.concurrency import delete_while_named
+from tests.plans import sequential_scans
 
 pytestmark = pytest.mark.django_db
 
@@ -205,3 +206,26 @@ def test_an_account_an_uncommitted_posting_names_waits_and_then_cannot_be_delete
 
     assert outcomes == ["waited", "refused"]
     assert LedgerEntry.objects.filter(account=account).count() == 1
+
+
+@pytest.mark.postgres
+def test_the_checks_look_each_parent_up_by_key_not_by_scanning_its_table(traded):
+    """Migration 0007 here and settlement 0017: a semi-join planned while the tables were
+    small (as in a test) scanned every parent table through, on every statement after."""
+    entitlement = Entitlement.objects.get()
+    entry = LedgerEntry.objects.order_by("id").first()
+    parents = [
+        "marketplace_market",
+        "marketplace_order",
+        "accounts_org",
+        "settlement_ledgeraccount",
+        "settlement_ledgertransaction",
+    ]
+    for _ in range(2):  # the second round runs on the plans the first one cached
+        before = transaction.savepoint()
+        with sequential_scans(parents) as scans:
+            trade_id = _trade_copy(traded)
+            _copy("settlement_entitlement", entitlement.pk, trade_id=trade_id)
+            _copy("settlement_ledgerentry", entry.pk)  # unbalanced, and never committed
+        transaction.savepoint_rollback(before)  # the (taker, maker) pair is free again
+        assert scans == dict.fromkeys(parents, 0)

@@ -13,6 +13,7 @@ from accounts.models import Org
 from settlement.models import UsageDraw, UsageRecord
 from settlement.services import usage_ingest
 from tests.concurrency import delete_while_named
+from tests.plans import sequential_scans
 from tests.settlement import usage_setup
 from tests.settlement.usage_setup import usage
 
@@ -131,3 +132,48 @@ def test_a_parent_named_by_an_uncommitted_record_waits_and_then_cannot_be_delete
 
     assert outcomes == ["waited", "refused"]
     assert UsageRecord.objects.count() == 2
+
+
+def _calls(functions: list[str]) -> dict[str, int]:
+    """How often this transaction has called each PL/pgSQL function (track_functions on)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname = ANY(%s)",
+            [functions],
+        )
+        calls = dict(cursor.fetchall())
+    return {function: calls.get(function, 0) for function in functions}
+
+
+@pytest.mark.postgres
+def test_usage_rows_are_checked_by_key_and_their_updates_only_when_moved(drawn):
+    """Migration 0017: inserts look each parent up by key; updates that keep them are free."""
+    record, draw = drawn
+    parents = ["marketplace_market", "accounts_org", "settlement_entitlement"]
+    checks = [
+        "settlement_usagerecord_references_check",
+        "settlement_usagedraw_references_check",
+        "settlement_usagerecord_references_moved",
+        "settlement_usagedraw_references_moved",
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL track_functions = 'pl'")
+    copy = UsageRecord.objects.get(pk=record.pk)
+    copy.pk, copy.request_id, copy.is_primary = None, "copy-1", False
+    copy.metered_at, copy.entitlement_tokens = None, 0
+
+    with sequential_scans(parents) as scans:
+        copy.save()
+        UsageDraw.objects.create(
+            usage_record=copy,
+            entitlement_id=draw.entitlement_id,
+            tokens=1,
+            covered_tokens=1,
+            hour=draw.hour,
+        )
+        with connection.cursor() as cursor:  # every row written again, its parents kept
+            cursor.execute("UPDATE settlement_usagerecord SET market_id = market_id")
+            cursor.execute("UPDATE settlement_usagedraw SET entitlement_id = entitlement_id")
+
+    assert scans == dict.fromkeys(parents, 0)
+    assert _calls(checks) == dict(zip(checks, [1, 1, 0, 0], strict=True))
