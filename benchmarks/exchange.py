@@ -170,14 +170,12 @@ def bench_buyer(*, index: int, funding_micro: int):
     return principal_of(user, org)
 
 
-def _server_pids(gunicorn_pid: int, url: str) -> tuple[list[int], list[int]]:
-    """The gunicorn workers (children of the master) and the database's backends but ours."""
+def server_pids(server_pid: int, url: str) -> tuple[list[int], list[int]]:
+    """A server's workers (children of its master process) and the database's backends but ours."""
     try:
         workers = [
             int(pid)
-            for pid in Path(f"/proc/{gunicorn_pid}/task/{gunicorn_pid}/children")
-            .read_text()
-            .split()
+            for pid in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
         ]
     except OSError:
         workers = []
@@ -192,11 +190,12 @@ def _server_pids(gunicorn_pid: int, url: str) -> tuple[list[int], list[int]]:
     return workers, backends
 
 
-def _cpu_s(pids: list[int]) -> dict[int, float]:
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds used so far by each of `pids` that is still running."""
     return {pid: cpu for pid in pids if (cpu := _process_cpu_s(pid)) is not None}
 
 
-def _cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
+def cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU the processes used between two readings; one that started in between counts whole."""
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
@@ -222,8 +221,8 @@ def run_http_clients(
     if failures:
         start.set()
         raise RuntimeError(f"{len(failures)} client(s) failed to start; the first: {failures[0]}")
-    workers, backends = _server_pids(gunicorn_pid, url)
-    workers_before, backends_before = _cpu_s(workers), _cpu_s(backends)
+    workers, backends = server_pids(gunicorn_pid, url)
+    workers_before, backends_before = cpu_by_pid(workers), cpu_by_pid(backends)
     cpu_before = time.process_time()
     started = time.perf_counter()
     for client in clients:
@@ -233,7 +232,7 @@ def run_http_clients(
         client.join(timeout=seconds + patience_s)
     elapsed = time.perf_counter() - started
     client_cpu_s = time.process_time() - cpu_before
-    workers_after, backends_after = (_cpu_s(pids) for pids in _server_pids(gunicorn_pid, url))
+    workers_after, backends_after = (cpu_by_pid(pids) for pids in server_pids(gunicorn_pid, url))
     errors: dict[str, int] = {}
     for client in clients:
         for status, count in client.errors.items():
@@ -243,8 +242,8 @@ def run_http_clients(
         "latencies": sorted(latency for client in clients for latency in client.latencies_s),
         "errors": errors,
         "client_cpu_s": client_cpu_s,
-        "gunicorn_cpu_s": _cpu_used_s(workers_before, workers_after) if workers_after else None,
-        "database_cpu_s": _cpu_used_s(backends_before, backends_after) if backends_after else None,
+        "gunicorn_cpu_s": cpu_used_s(workers_before, workers_after) if workers_after else None,
+        "database_cpu_s": cpu_used_s(backends_before, backends_after) if backends_after else None,
         "failures": [client.failure for client in clients if client.failure],
     }
 

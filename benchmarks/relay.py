@@ -7,8 +7,10 @@ in flight from one asyncio client, goes straight to the provider, then through t
 authenticates the key, routes, holds the worst case, dispatches, and settles the actual cost in
 the ledger), then straight again; the direct figure is the mean of the two direct runs. Printed:
 requests/s and p50/p99 latency of each, the throughput ratio (target: at least 0.5) and the p50
-latency the relay adds (aim: under 5 ms), the CPU one request cost the relay's and the
-provider's processes in each run, and `ledger_check` after the relay's captures are booked.
+latency the relay adds (aim: under 5 ms), the CPU one request cost in each run (the load's
+client, which is this process, the relay's processes, the provider's, and the database's
+backends: on two shared cores their sum is what bounds the rate), and `ledger_check` after the
+relay's captures are booked.
 
 The relay runs as production runs it: uvicorn with uvloop and httptools (uvicorn[standard]'s
 parts, pinned in requirements.txt).
@@ -22,7 +24,6 @@ is spread over `--buyers` buyers, as a real exchange's is.
 
 import argparse
 import asyncio
-import contextlib
 import io
 import os
 import socket
@@ -34,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.exchange import free_port, quantile_ms
+from benchmarks.exchange import cpu_by_pid, cpu_used_s, free_port, quantile_ms, server_pids
 from benchmarks.reference import ROOT, django_setup, scratch_database
 
 TARGET_RATIO = 0.5
@@ -108,22 +109,17 @@ def _prepare(provider_url: str, buyers: int) -> list[str]:
     return secrets
 
 
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of process `pid` and its waited-for children (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+PARTS = ("client", "relay", "provider", "database")
 
 
-def _cpu_tree_s(pid: int) -> float:
-    """CPU seconds of `pid` and its live children (uvicorn's workers)."""
-    children: list[int] = []
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as listed:
-        children = [int(child) for child in listed.read().split()]
-    return _cpu_s(pid) + sum(_cpu_s(child) for child in children)
+def _server_cpu(relay_pid: int, provider_pid: int, url: str) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of the relay's processes, the provider's and the database's backends."""
+    workers, backends = server_pids(relay_pid, url)  # uvicorn's workers, if it forked any
+    return {
+        "relay": cpu_by_pid([relay_pid, *workers]),
+        "provider": cpu_by_pid([provider_pid]),
+        "database": cpu_by_pid(backends),
+    }
 
 
 def _start(command: list[str], port: int, env: dict) -> subprocess.Popen:
@@ -207,12 +203,15 @@ def main() -> None:
             asyncio.run(_load(through, secrets, body, seconds=1, concurrency=2))  # warm up
             cpu = {}
 
-            def measured(name, url, keys):
-                before = _cpu_tree_s(relay.pid), _cpu_s(provider.pid)
-                result = asyncio.run(_load(url, keys, body, **run))
-                after = _cpu_tree_s(relay.pid), _cpu_s(provider.pid)
+            def measured(name, target, keys):
+                before = _server_cpu(relay.pid, provider.pid, url)
+                client_before = time.process_time()  # the load runs in this process alone
+                result = asyncio.run(_load(target, keys, body, **run))
+                used = {"client": time.process_time() - client_before}
+                after = _server_cpu(relay.pid, provider.pid, url)
+                used |= {part: cpu_used_s(before[part], after[part]) for part in after}
                 served = max(len(result[1]), 1)
-                cpu[name] = [1e6 * (b - a) / served for a, b in zip(before, after, strict=True)]
+                cpu[name] = {part: 1e6 * used[part] / served for part in PARTS}
                 return result
 
             first = measured("direct 1", direct, [])
@@ -253,11 +252,10 @@ def main() -> None:
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
     print(f"  ratio relay/direct {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
     print(f"  p50 added by the relay {added:.2f} ms")
-    for name, (relay_us, provider_us) in cpu.items():
-        print(
-            f"  CPU per request, {name:8s}: relay process {relay_us:7.0f} us, "
-            f"fake provider {provider_us:5.0f} us"
-        )
+    print("  CPU us per request: " + " / ".join(PARTS) + " = total")
+    for name, used in cpu.items():
+        parts = " / ".join(f"{used[part]:,.0f}" for part in PARTS)
+        print(f"    {name:8s}  {parts} = {sum(used.values()):,.0f}")
     print(f"  ledger_check after the run: {ledger_verdict}")
 
 
