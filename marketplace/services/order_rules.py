@@ -45,6 +45,15 @@ def tif_or_default(order_type: str, tif: str | None) -> str:
     return Tif.IOC if order_type == Type.MARKET else Tif.GTC
 
 
+# The choice fields' values, and the error naming them, computed once (an enum's `values` is
+# built anew on every read).
+_CHOICES = {"side": Side, "type": Type, "tif": Tif, "stp": Stp}
+_CHOICE_VALUES = {name: frozenset(choices.values) for name, choices in _CHOICES.items()}
+_CHOICE_ERRORS = {
+    name: f"Not one of {', '.join(choices.values)}." for name, choices in _CHOICES.items()
+}
+
+
 def order_check(
     *,
     org: Org,
@@ -63,14 +72,9 @@ def order_check(
     if market.status == Market.Status.CLOSED:
         raise MarketClosed()
     unknown = {
-        name: [f"Not one of {', '.join(choices.values)}."]
-        for name, value, choices in (
-            ("side", side, Side),
-            ("type", order_type, Type),
-            ("tif", tif, Tif),
-            ("stp", stp, Stp),
-        )
-        if value not in choices.values
+        name: [_CHOICE_ERRORS[name]]
+        for name, value in (("side", side), ("type", order_type), ("tif", tif), ("stp", stp))
+        if value not in _CHOICE_VALUES[name]
     }
     if unknown:
         raise InvalidOrder(fields=unknown)
