@@ -6,14 +6,24 @@ from contextlib import contextmanager
 from django.db import connection
 
 
-def _sequential_scans(tables: list[str]) -> dict[str, int]:
+def _counts(view: str, name: str, count: str, names: list[str]) -> dict[str, int]:
+    """This transaction's `count` column of statistics view `view`, by `name`, 0 when absent."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)",
-            [tables],
+            f"SELECT {name}, {count} FROM {view} WHERE {name} = ANY(%s)",
+            [names],
         )
         counts = dict(cursor.fetchall())
-    return {table: counts.get(table, 0) for table in tables}
+    return {each: counts.get(each, 0) for each in names}
+
+
+def _sequential_scans(tables: list[str]) -> dict[str, int]:
+    return _counts("pg_stat_xact_user_tables", "relname", "seq_scan", tables)
+
+
+def function_calls(functions: list[str]) -> dict[str, int]:
+    """How often this transaction has called each PL/pgSQL function (track_functions on)."""
+    return _counts("pg_stat_xact_user_functions", "funcname", "calls", functions)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from accounts.models import Org
 from settlement.models import UsageDraw, UsageRecord
 from settlement.services import usage_ingest
 from tests.concurrency import delete_while_named
-from tests.plans import sequential_scans
+from tests.plans import function_calls, sequential_scans
 from tests.settlement import usage_setup
 from tests.settlement.usage_setup import usage
 
@@ -134,17 +134,6 @@ def test_a_parent_named_by_an_uncommitted_record_waits_and_then_cannot_be_delete
     assert UsageRecord.objects.count() == 2
 
 
-def _calls(functions: list[str]) -> dict[str, int]:
-    """How often this transaction has called each PL/pgSQL function (track_functions on)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname = ANY(%s)",
-            [functions],
-        )
-        calls = dict(cursor.fetchall())
-    return {function: calls.get(function, 0) for function in functions}
-
-
 @pytest.mark.postgres
 def test_usage_rows_are_checked_by_key_and_their_updates_only_when_moved(drawn):
     """Migration 0017: inserts look each parent up by key; updates that keep them are free."""
@@ -176,4 +165,4 @@ def test_usage_rows_are_checked_by_key_and_their_updates_only_when_moved(drawn):
             cursor.execute("UPDATE settlement_usagedraw SET entitlement_id = entitlement_id")
 
     assert scans == dict.fromkeys(parents, 0)
-    assert _calls(checks) == dict(zip(checks, [1, 1, 0, 0], strict=True))
+    assert function_calls(checks) == dict(zip(checks, [1, 1, 0, 0], strict=True))
