@@ -24,7 +24,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -48,6 +47,7 @@ from relay.services import (
     request_model,
 )
 from relay.tokens import prompt_tokens_estimate, tokens_estimate
+from settlement.models import relay_request_id_new
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class RelayApp:
         headers = {name.decode("latin-1").lower(): value for name, value in scope["headers"]}
         authorization = headers.get("authorization", b"").decode("latin-1")
         method, path = scope["method"], scope["path"]
-        request_id = f"req_{uuid.uuid4().hex}"
+        request_id = relay_request_id_new()
         try:
             if path == "/v1/models" and method == "GET":
                 models = await self.db(_models, authorization=authorization)

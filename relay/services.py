@@ -53,7 +53,7 @@ from relay.selectors import (
     route_cache_clear,
     route_get,
 )
-from settlement.models import Entitlement, Hold, UsageDraw, UsageRecord
+from settlement.models import Entitlement, Hold, UsageDraw, UsageRecord, relay_hold_reference
 from settlement.services import hold_place, hold_release
 
 
@@ -100,7 +100,7 @@ class Admission:
 
     @property
     def hold_reference(self) -> str:
-        return f"relay:{self.request_id}"
+        return relay_hold_reference(self.request_id)
 
 
 # A key's principal is remembered this long per relay process, so a revoked key may still pass
@@ -438,6 +438,9 @@ def relay_settle(*, admission: Admission, outcome: Outcome) -> RelayRequest:
     """Charge the actual cost once (capped at the worst case held), give back the rest. Own txn.
 
     A pay-as-you-go cost stays held until relay.captures books it (queued once this commits).
+    The usage record is written after the entitlement is locked, unlike ingestion's order
+    (record keys first, settlement.services.usage): no other transaction takes its keys, since a
+    provider's report of the request is a check record under its own (is_relay_request_id).
     """
     funding = admission.funding
     cost = 0

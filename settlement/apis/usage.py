@@ -166,7 +166,9 @@ class UsageIngestApi(APIView):
             request_id = serializers.RegexField(
                 r"^[!-~]{1,128}$",
                 help_text="Your id of the request, 1-128 visible ASCII characters. Unique per "
-                "reporting org and side: a record sent again is answered with the first result.",
+                "reporting org and side: a record sent again is answered with the first result. "
+                "For a request the relay sent you, its `X-Request-Id` (`relay_` and 32 hex "
+                "digits): the relay meters it, and your record checks that figure.",
             )
             market = serializers.CharField(max_length=32, help_text="Market symbol.")
             counterparty = serializers.CharField(

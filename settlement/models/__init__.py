@@ -64,7 +64,15 @@ from settlement.models.settlement import (
     SettlementRun,
     StatementLine,
 )
-from settlement.models.usage import PaygMeter, UsageDraw, UsageRecord, UsageSource
+from settlement.models.usage import (
+    PaygMeter,
+    UsageDraw,
+    UsageRecord,
+    UsageSource,
+    is_relay_request_id,
+    relay_hold_reference,
+    relay_request_id_new,
+)
 
 __all__ = [
     "Discrepancy",
@@ -87,4 +95,7 @@ __all__ = [
     "UsageSource",
     "Withdrawal",
     "WithdrawalRefund",
+    "is_relay_request_id",
+    "relay_hold_reference",
+    "relay_request_id_new",
 ]

@@ -1,3 +1,5 @@
+import re
+import uuid
 from datetime import UTC, datetime
 
 from django.db import models
@@ -13,15 +15,37 @@ class UsageSource(models.TextChoices):
     RELAY = "relay", "The exchange's relay"
 
 
+# The relay names each request it serves `relay_` and 32 hex digits (relay_request_id_new) and
+# sends the name to the provider in `X-Request-Id`. A provider's report of a request so named is
+# a check on the relay's record, never the primary one, whenever it arrives: it can't race the
+# relay's settle for the primary slot, and a provider the relay fell back from, or whose answer
+# the relay saw fail, can't become the meter of that request. Other sources never mint the form.
+_RELAY_REQUEST_ID = re.compile(r"relay_[0-9a-f]{32}")
+
+
+def relay_request_id_new() -> str:
+    return f"relay_{uuid.uuid4().hex}"
+
+
+def is_relay_request_id(request_id: str) -> bool:
+    return _RELAY_REQUEST_ID.fullmatch(request_id) is not None
+
+
+def relay_hold_reference(request_id: str) -> str:
+    """The reference of the hold that pays for a relay request from the balance (Hold)."""
+    return f"relay:{request_id}"
+
+
 class UsageRecord(models.Model):
     """One request's token usage as one source reported it, and, for the primary meter, its cost.
 
     Idempotent per (source, source org, request id): providers and buyers each name their own
     requests, so two orgs may use the same id; the relay has no org and its ids are its own.
-    Only a primary record (the relay's, or the provider's where the relay did not serve the
-    request) draws entitlements down and is charged; the others are kept to reconcile against
-    it. At most one primary record exists per (provider, request id), so a request the relay
-    metered and the provider reported too is never counted twice.
+    Only a primary record (the relay's, or the provider's of a request the relay did not serve,
+    told apart by the id: is_relay_request_id) draws entitlements down and is charged; the
+    others are kept to reconcile against it. At most one primary record exists per (provider,
+    request id), so a request the relay metered and the provider reported too is never counted
+    twice.
 
     A primary record's billable tokens are split into those drawn from entitlements (see
     UsageDraw), those charged pay-as-you-go at `payg_price_micro`, and those the buyer's balance

@@ -11,7 +11,8 @@ is answered `duplicate` with that first result.
 
 Metering (`usage_meter`) runs for the primary records only: the relay where it served the
 request, otherwise the provider. Buyers' reports, and a provider's report of a request the relay
-already metered, are kept to reconcile against the primary figure. For each primary record:
+served (named by the relay: settlement.models.is_relay_request_id), are kept to reconcile
+against the primary figure. For each primary record:
 1. Draw the pair's open entitlements in the market down, earliest expiry first, then oldest
    (created, then id); only entitlements bought before the usage ended and expiring after it
    started. The draw raises Entitlement.tokens_used and writes a UsageDraw; the money moves from
@@ -49,7 +50,7 @@ from django.utils import timezone
 
 from accounts.models import Org
 from core import locks
-from core.bulk import rows_insert, rows_update, text_array
+from core.bulk import rows_insert, rows_update
 from core.rows import ModelColumns, instances, select_list
 from core.units import (
     TOKENS_PER_PRICE_UNIT,
@@ -61,12 +62,15 @@ from core.units import (
 from settlement.errors import UsageBatchTooLarge, UsageSourceNotAllowed, UsageSourceRequired
 from settlement.models import (
     Entitlement,
+    Hold,
     LedgerAccount,
     LedgerTransaction,
     PaygMeter,
     UsageDraw,
     UsageRecord,
     UsageSource,
+    is_relay_request_id,
+    relay_hold_reference,
 )
 from settlement.selectors import payg_tokens_covered, reference_price_get
 from settlement.services.batch import TransactionSpec, ledger_post_batch, org_accounts_bulk
@@ -381,7 +385,8 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
     # Plain tuples in `_ROW_COLUMNS` order: a model instance per row cost more than its insert.
     candidates: dict[str, tuple[int, tuple]] = {}  # by request id, first occurrence
     repeats: list[tuple[UsageResult, tuple]] = []  # same request id later in the batch
-    is_primary = source == UsageSource.PROVIDER
+    is_provider = source == UsageSource.PROVIDER
+    relayed = _relayed_buyers(inputs) if is_provider else {}
     # The records of a batch name a few markets, counterparties and models between them: each
     # combination is looked up once.
     targets: dict[tuple[str, str, str], _Target | str] = {}
@@ -400,6 +405,8 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
                 code = target
             elif item.output_tokens > target.max_output_tokens:
                 code = "absurd_tokens"
+            elif relayed.get(item.request_id) == target.buyer_org_id:
+                pass  # the relay sent the buyer's request to the provider: their relationship
             elif target.earliest_start is None:
                 code = "no_relationship"
             elif item.started_at < target.earliest_start:
@@ -429,7 +436,9 @@ def _ingest(*, source: str, source_org: Org, inputs: Sequence[UsageInput]) -> li
             target.output_weight_bp,
             target.cache_weight_bp,
             item.is_estimated,
-            is_primary,
+            # A provider meters its own requests; its report of one the relay served checks
+            # the relay's record.
+            is_provider and not is_relay_request_id(item.request_id),
         )
         if item.request_id in candidates:
             repeats.append((result, row))
@@ -476,10 +485,11 @@ def _insert_once(
 ) -> tuple[dict[str, UsageRecord], "_DrawPlan | None"]:
     """Insert the rows whose request id is new; return the stored record of every request id.
 
-    A provider's record is primary unless the relay already metered that request; a relay
-    record committed at the same moment makes the insert skip the row, which is then written
-    again as a check record. Only the rows the insert skipped are read back: the others are
-    built from what was written and the ids the insert returned.
+    A provider's record of a request the relay served is a check from the start (the row says
+    so); should another primary record of the request be stored all the same (a relay record
+    under an id from before relay ids had their own form), the insert skips the row, which is
+    then written again as a check record. Only the rows the insert skipped are read back: the
+    others are built from what was written and the ids the insert returned.
 
     A provider's new records are drawn down before the insert, on entitlements read without a
     lock (`_draw_plan`), and written with that outcome, so they need no UPDATE once metered;
@@ -491,10 +501,6 @@ def _insert_once(
     request_ids = sorted(rows)
     # Sorted by request id, so two copies of a batch take the unique keys in one order.
     pending = [rows[request_id][1] for request_id in request_ids]
-    if source == UsageSource.PROVIDER:
-        metered = _metered_elsewhere(provider_org_id=source_org.id, request_ids=request_ids)
-        if metered:
-            pending = [_as_check(row) if row[0] in metered else row for row in pending]
     constants = {
         "source": source,
         "source_org_id": source_org.id,
@@ -534,7 +540,7 @@ def _insert_once(
         pending = [row for row in pending if row[0] not in stored]
         if not pending:
             return stored, plan
-        # Lost the primary slot to the relay: keep it as a check record.
+        # Lost the primary slot to another primary record of the request: keep it as a check.
         pending = [_as_check(row) for row in pending]
     raise RuntimeError(f"usage records {[row[0] for row in pending][:5]} not stored")
 
@@ -589,36 +595,26 @@ def _drafts(rows: list[tuple], fixed: dict[str, object]) -> list[UsageRecord]:
     return drafts
 
 
-def _metered_elsewhere(*, provider_org_id: int, request_ids: list[str]) -> set[str]:
-    """The request ids the provider's requests already have a primary record of (the relay's).
+def _relayed_buyers(inputs: Sequence[UsageInput]) -> dict[str, int]:
+    """The buyer org of each request in the batch the relay admitted pay-as-you-go, by id.
 
-    The relay is the only primary meter besides the provider (a buyer's record never is), so
-    the lookup names it: PostgreSQL then probes usage_unique_relay_request, which holds the
-    relay's records alone, instead of every primary record of the provider.
+    Such a request is the pair's relationship even when they never traded: its hold, placed
+    before the relay sent the request on, names the buyer. A relayed request paid from an
+    entitlement has the entitlement's trade for its relationship, as any other.
     """
-    if connection.vendor == "postgresql":
-        # One array parameter: an IN list of a thousand values cost more to build and plan
-        # than the lookup itself. The source is written into the statement, not bound: once
-        # the statement is prepared, its generic plan cannot tell that a bound source matches
-        # the relay index's condition, and probed every primary record of the provider
-        # instead (usage_one_primary_per_request), which grows with the provider's history.
-        table = UsageRecord._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT request_id FROM {connection.ops.quote_name(table)} "  # noqa: S608
-                f"WHERE source = '{UsageSource.RELAY.value}' "
-                "AND request_id = ANY(%s::varchar[]) AND is_primary AND provider_org_id = %s",
-                [text_array(request_ids), provider_org_id],
-            )
-            return {request_id for (request_id,) in cursor.fetchall()}
-    return set(
-        UsageRecord.objects.filter(
-            source=UsageSource.RELAY,
-            is_primary=True,
-            provider_org_id=provider_org_id,
-            request_id__in=request_ids,
-        ).values_list("request_id", flat=True)
-    )
+    references = [
+        relay_hold_reference(item.request_id)
+        for item in inputs
+        if is_relay_request_id(item.request_id)
+    ]
+    if not references:
+        return {}
+    return {
+        reference.removeprefix(relay_hold_reference("")): org_id
+        for reference, org_id in Hold.objects.filter(reference__in=references).values_list(
+            "reference", "org_id"
+        )
+    }
 
 
 def _as_check(row: tuple) -> tuple:

@@ -9,8 +9,15 @@ from django.utils import timezone
 from accounts.models import Scope
 from accounts.principal import Principal
 from settlement.errors import UsageSourceNotAllowed, UsageSourceRequired
-from settlement.models import Entitlement, LedgerTransaction, UsageDraw, UsageRecord
-from settlement.services import ledger_check, usage_ingest
+from settlement.models import (
+    Entitlement,
+    LedgerTransaction,
+    UsageDraw,
+    UsageRecord,
+    relay_hold_reference,
+    relay_request_id_new,
+)
+from settlement.services import hold_place, ledger_check, usage_ingest
 from settlement.services import usage as usage_services
 from tests.accounts.factories import MembershipFactory
 from tests.concurrency import race
@@ -187,7 +194,7 @@ def test_the_buyer_and_the_provider_may_use_the_same_request_id(seller, buyer, m
 
 def test_a_request_the_relay_metered_is_not_drawn_again(seller, buyer, market, buy):
     entitlement = buy()
-    report = usage(market, buyer.org)
+    report = usage(market, buyer.org, request_id=relay_request_id_new())
     relay_record = UsageRecord.objects.create(
         source=UsageRecord.Source.RELAY,
         request_id=report.request_id,
@@ -216,6 +223,57 @@ def test_a_request_the_relay_metered_is_not_drawn_again(seller, buyer, market, b
     assert result.record.id != relay_record.id
     entitlement.refresh_from_db()
     assert entitlement.tokens_used == 0  # the relay counts its own draw
+
+
+def test_a_relayed_request_reported_before_the_relay_records_it_is_a_check(
+    seller, buyer, market, buy
+):
+    entitlement = buy()
+
+    [result] = usage_ingest(
+        principal=seller, records=[usage(market, buyer.org, request_id=relay_request_id_new())]
+    )
+
+    assert (result.status, result.record.is_primary) == ("accepted", False)
+    entitlement.refresh_from_db()
+    assert entitlement.tokens_used == 0  # the relay draws when it settles the request
+    assert not UsageDraw.objects.exists()
+
+
+def test_a_record_the_relay_did_not_name_is_the_providers_own_meter(seller, buyer, market, buy):
+    buy()
+    # OpenAI's request ids look much like this; only the relay's exact form is the relay's.
+    lookalikes = ["req_" + "a" * 32, "relay_" + "A" * 32, "relay_" + "a" * 31, "x" + "relay_"]
+    results = usage_ingest(
+        principal=seller,
+        records=[usage(market, buyer.org, request_id=request_id) for request_id in lookalikes],
+    )
+    assert [(r.status, r.record.is_primary) for r in results] == [("accepted", True)] * 4
+
+
+def test_a_relayed_pay_as_you_go_request_is_the_pairs_relationship(seller, buyer, market, fund):
+    """The pair never traded: the hold the relay placed for the request is their relationship."""
+    fund(buyer.org.id, 1_000_000)
+    other_buyer = Principal.for_membership(MembershipFactory(org__name="Other Buyer"))
+    fund(other_buyer.org.id, 1_000_000)
+    relayed, unknown, elsewhere = (relay_request_id_new() for _ in range(3))
+    hold_place(org_id=buyer.org.id, amount_micro=1_000, reference=relay_hold_reference(relayed))
+    hold_place(
+        org_id=other_buyer.org.id, amount_micro=1_000, reference=relay_hold_reference(elsewhere)
+    )
+
+    results = usage_ingest(
+        principal=seller,
+        records=[usage(market, buyer.org, request_id=i) for i in (relayed, unknown, elsewhere)],
+    )
+
+    assert _statuses(results) == [
+        ("accepted", ""),
+        ("rejected", "no_relationship"),
+        ("rejected", "no_relationship"),  # the relay served another buyer under that id
+    ]
+    assert results[0].record.is_primary is False
+    assert ledger_check() == []
 
 
 def test_an_org_that_buys_and_provides_says_which_side_it_reports(buyer, market):
