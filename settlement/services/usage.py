@@ -602,19 +602,15 @@ def _relayed_buyers(inputs: Sequence[UsageInput]) -> dict[str, int]:
     before the relay sent the request on, names the buyer. A relayed request paid from an
     entitlement has the entitlement's trade for its relationship, as any other.
     """
-    references = [
-        relay_hold_reference(item.request_id)
+    request_ids = {
+        relay_hold_reference(item.request_id): item.request_id
         for item in inputs
         if is_relay_request_id(item.request_id)
-    ]
-    if not references:
-        return {}
-    return {
-        reference.removeprefix(relay_hold_reference("")): org_id
-        for reference, org_id in Hold.objects.filter(reference__in=references).values_list(
-            "reference", "org_id"
-        )
     }
+    if not request_ids:
+        return {}
+    holds = Hold.objects.filter(reference__in=request_ids).values_list("reference", "org_id")
+    return {request_ids[reference]: org_id for reference, org_id in holds}
 
 
 def _as_check(row: tuple) -> tuple:
