@@ -602,15 +602,17 @@ def _relayed_buyers(inputs: Sequence[UsageInput]) -> dict[str, int]:
     before the relay sent the request on, names the buyer. A relayed request paid from an
     entitlement has the entitlement's trade for its relationship, as any other.
     """
-    request_ids = {
+    request_id_of = {  # hold reference -> request id
         relay_hold_reference(item.request_id): item.request_id
         for item in inputs
         if is_relay_request_id(item.request_id)
     }
-    if not request_ids:
+    if not request_id_of:
         return {}
-    holds = Hold.objects.filter(reference__in=request_ids).values_list("reference", "org_id")
-    return {request_ids[reference]: org_id for reference, org_id in holds}
+    holds = Hold.objects.filter(reference__in=list(request_id_of)).values_list(
+        "reference", "org_id"
+    )
+    return {request_id_of[reference]: org_id for reference, org_id in holds}
 
 
 def _as_check(row: tuple) -> tuple:
